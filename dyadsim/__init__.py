@@ -1,0 +1,29 @@
+"""dyadsim: Dyadic Backpropagation, simulated.
+
+Backprop computed by the physical relaxation of a circuit: build a network, relax its
+doubled-state saddle flow (Euler, continuous-time, or in ngspice), read the gradients out
+of the steady state, and compare them with exact backprop.
+
+>>> import dyadsim
+>>> net = dyadsim.mlp("4-8-3", activation="tanh", loss="xent", seed=0)
+>>> x, y = ...  # (B, 4) inputs, (B, 3) one-hot targets
+>>> dyadsim.compare(dyadsim.relax(net, x, y).grads, dyadsim.backprop(net, x, y))
+"""
+
+from .errors import ConvergenceError, DyadsimError, DyadsimException, SimulatorError
+from .network import ACTIVATIONS, LOSSES, Network, load, mlp, random_dag
+from .dynamics import (
+    ContinuousResult, Gradients, RelaxResult, backprop, energy, flow, flow_jacobian, flow_md,
+    relax, relax_continuous,
+)
+from .readout import Comparison, angle, compare
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvergenceError", "DyadsimError", "DyadsimException", "SimulatorError",
+    "ACTIVATIONS", "LOSSES", "Network", "load", "mlp", "random_dag",
+    "ContinuousResult", "Gradients", "RelaxResult", "backprop", "energy", "flow",
+    "flow_jacobian", "flow_md", "relax", "relax_continuous",
+    "Comparison", "angle", "compare",
+]

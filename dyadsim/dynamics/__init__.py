@@ -1,0 +1,12 @@
+"""Dynamics stage: exact backprop, the DBP energy and flows, Euler and continuous relaxation."""
+
+from ._backprop import backprop
+from ._euler import SCHEDULES, RelaxResult, relax
+from ._flows import energy, flow, flow_jacobian, flow_md
+from ._gradients import Gradients
+from ._ode import ODE_METHODS, ContinuousResult, relax_continuous
+
+__all__ = [
+    "backprop", "relax", "RelaxResult", "SCHEDULES", "relax_continuous", "ContinuousResult",
+    "ODE_METHODS", "energy", "flow", "flow_md", "flow_jacobian", "Gradients",
+]

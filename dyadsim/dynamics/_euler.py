@@ -1,0 +1,246 @@
+"""Explicit Euler on the saddle flow: DBP's discrete relaxation (THEORY.md section 4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConvergenceError, DyadsimError
+from .._util import check_eta
+from ._gradients import Gradients
+from ._system import System
+
+__all__ = ["relax", "RelaxResult", "SCHEDULES"]
+
+SCHEDULES = ("parallel", "wavefront")
+
+
+@dataclass
+class RelaxResult:
+    """Outcome of :func:`relax`.
+
+    ``grads`` are read out of the final state; ``steps`` Euler steps were taken;
+    ``x``, ``z`` are the final states ((n,) for one sample, (B, n) for a batch);
+    ``history_x``/``history_z`` (with ``record=True``) hold the states after every step,
+    step 0 (all zeros) first; ``residual`` is the last update's relative size.
+    """
+
+    grads: Gradients
+    steps: int
+    x: np.ndarray
+    z: np.ndarray
+    eta: float
+    schedule: str
+    converged: bool
+    residual: float
+    depth: int
+    history_x: np.ndarray | None = field(default=None, repr=False)
+    history_z: np.ndarray | None = field(default=None, repr=False)
+    stalled: bool = False  # stopped at the rounding floor of dtype before reaching tol
+
+    @property
+    def m(self) -> np.ndarray:
+        """Activations (x + z) / 2."""
+        return 0.5 * (self.x + self.z)
+
+    @property
+    def d(self) -> np.ndarray:
+        """Error signals x - z."""
+        return self.x - self.z
+
+    @property
+    def history(self):
+        """``(history_x, history_z)`` or ``None`` when not recorded."""
+        if self.history_x is None:
+            return None
+        return self.history_x, self.history_z
+
+    @property
+    def loss(self):
+        return self.grads.loss
+
+
+def _default_tol(dtype) -> float:
+    return 1e-12 if np.dtype(dtype) == np.float64 else float(np.finfo(np.float32).eps)
+
+
+def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="parallel",
+          tol=None, max_steps=100_000, record=False, progress=False) -> RelaxResult:
+    """Relax the DBP saddle flow with explicit Euler from x = z = 0 and read out gradients.
+
+    Parameters
+    ----------
+    eta : Euler step in units of tau, in (0, 2).  At ``eta=1`` the readout equals backprop
+        exactly at step 2L (L = ``net.depth``), and not before.
+    steps : number of steps.  ``None``: exactly 2L at ``eta=1``; otherwise run until the
+        relative size of an update falls below ``tol`` (at most ``max_steps``; a
+        :class:`~dyadsim.errors.ConvergenceError` otherwise).
+    dtype : float64 or float32 (the whole relaxation runs in that precision).
+    schedule : ``"parallel"`` updates every neuron at every step (the physical picture);
+        ``"wavefront"`` (``eta=1`` only) updates a layer only at the step when its inputs
+        became final (forward wave at step depth(v), error wave at step L + 1 + the
+        longest path from v to the output): same state at step 2L, backprop's cost.
+        Its intermediate states differ from the parallel ones (unreached layers stay 0).
+    tol : convergence tolerance on ``max|eta*dm_v| / max|m_v|`` and ``max|eta*dd_v| / max|d_v|``
+        for every layer v
+        (default 1e-12 in float64, float32's eps in float32); the run also stops, converged, when the update has stalled at the rounding floor of the state for max(50, 10/eta) steps; only used when ``steps`` is None.
+    record : keep the state after every step (``history_x``, ``history_z``).
+    progress : show a progress bar (tqdm) for long relaxations.
+    """
+    eta = check_eta(eta)
+    if schedule not in SCHEDULES:
+        raise DyadsimError(f"unknown schedule {schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
+    if steps is not None:
+        if isinstance(steps, bool) or int(steps) != steps or steps < 0:
+            raise DyadsimError(f"steps must be a non-negative int or None, got {steps!r}")
+        steps = int(steps)
+    sysm = System(net, x, y, dtype)
+    L = net.depth
+    if schedule == "wavefront":
+        if eta != 1.0:
+            raise DyadsimError(
+                f"the wavefront schedule needs eta = 1 (got {eta}): only then is a layer "
+                "final after one update once its inputs are final"
+            )
+        return _relax_wavefront(sysm, 2 * L if steps is None else min(steps, 2 * L), record)
+    if tol is None:
+        tol = _default_tol(sysm.dtype)
+    fixed = steps is not None or eta == 1.0
+    n_steps = steps if steps is not None else (2 * L if eta == 1.0 else max_steps)
+    return _relax_parallel(sysm, eta, n_steps, fixed, tol, record, progress)
+
+
+def _finish(sysm, x, z, steps, eta, schedule, converged, residual, hx, hz, u=None):
+    m = 0.5 * (x + z)
+    d = x - z
+    grads = sysm.readout(m, d, u=u, method=f"euler[{schedule}, eta={eta:g}, steps={steps}]")
+    if sysm.single:
+        x, z = x[0], z[0]
+        if hx is not None:
+            hx, hz = hx[:, 0], hz[:, 0]
+    return RelaxResult(grads, steps, x, z, eta, schedule, converged, residual, sysm.net.depth, hx, hz)
+
+
+def _blockwise_residual(sysm, x, z, dm, dd) -> float:
+    tiny = np.finfo(sysm.dtype).tiny
+    worst = 0.0
+    for sl in sysm.slices.values():
+        m = 0.5 * (x[:, sl] + z[:, sl])
+        d = x[:, sl] - z[:, sl]
+        um = float(np.max(np.abs(dm[:, sl])))
+        ud = float(np.max(np.abs(dd[:, sl])))
+        rm = um / (float(np.max(np.abs(m))) + tiny) if um else 0.0
+        rd = ud / (float(np.max(np.abs(d))) + tiny) if ud else 0.0
+        worst = max(worst, rm, rd)
+    return worst
+
+
+def _relax_parallel(sysm, eta, n_steps, fixed, tol, record, progress):
+    shape = (sysm.B, sysm.n)
+    x = np.zeros(shape, dtype=sysm.dtype)
+    z = np.zeros(shape, dtype=sysm.dtype)
+    hist = [(x.copy(), z.copy())] if record else None
+    residual = np.inf
+    converged = stalled = False
+    best, best_k = np.inf, 0
+    stall_window = max(50, int(np.ceil(10.0 / eta)))
+    k = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n_steps if fixed else None, desc="relax", unit="step", leave=False)
+    try:
+        for k in range(1, n_steps + 1):
+            m = 0.5 * (x + z)
+            d = x - z
+            dm, dd, _ = sysm.flow_md(m, d)
+            dm *= eta
+            dd *= eta
+            x += dm + 0.5 * dd
+            z += dm - 0.5 * dd
+            if record:
+                hist.append((x.copy(), z.copy()))
+            if bar is not None:
+                bar.update(1)
+            if fixed and k == n_steps:
+                residual = _blockwise_residual(sysm, x, z, dm, dd)
+            if not fixed:
+                if not (np.all(np.isfinite(x)) and np.all(np.isfinite(z))):
+                    raise ConvergenceError(f"Euler relaxation produced NaN/inf at step {k} (eta={eta})")
+                # layer by layer: the largest update relative to the layer's largest value,
+                # for m and d separately (d is often orders of magnitude below m)
+                residual = _blockwise_residual(sysm, x, z, dm, dd)
+                if residual <= tol:
+                    converged = True
+                    break
+                # stalled at the rounding floor (float32 with a small eta): the residual has
+                # not improved for a while; the state is as good as this precision allows
+                if residual < best:
+                    best, best_k = 0.5 * residual, k
+                elif k - best_k > stall_window:
+                    converged = stalled = True
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+    if fixed:
+        converged = eta == 1.0 and k >= 2 * sysm.net.depth
+    elif not converged:
+        raise ConvergenceError(
+            f"Euler relaxation with eta={eta} did not reach tol={tol:g} in {n_steps} steps "
+            f"(last relative update {residual:.3g}); raise max_steps or tol"
+        )
+    hx = hz = None
+    if record:
+        hx = np.stack([h[0] for h in hist])
+        hz = np.stack([h[1] for h in hist])
+    res = _finish(sysm, x, z, k if n_steps else 0, eta, "parallel", converged, residual, hx, hz)
+    res.stalled = stalled
+    return res
+
+
+def _relax_wavefront(sysm, n_steps, record):
+    """eta = 1; update block v's forward part at step depth(v) and its error part at step
+    L + 1 + rdepth(v), each from the previous state, exactly as the parallel Euler map does."""
+    net = sysm.net
+    L = net.depth
+    shape = (sysm.B, sysm.n)
+    x = np.zeros(shape, dtype=sysm.dtype)
+    z = np.zeros(shape, dtype=sysm.dtype)
+    u = sysm.beta.copy()
+    s1 = np.zeros(shape, dtype=sysm.dtype)  # sigma'(u), filled as the forward wave passes
+    fwd = {k: [v for v in net.nodes if net.block(v).depth == k] for k in range(1, L + 1)}
+    bwd = {k: [v for v in reversed(net.nodes) if L + 1 + net.block(v).rdepth == k]
+           for k in range(L + 1, 2 * L + 1)}
+    hist = [(x.copy(), z.copy())] if record else None
+    for k in range(1, n_steps + 1):
+        for v in fwd.get(k, ()):
+            sl = sysm.slices[v]
+            uv = u[:, sl]
+            for psl, W in sysm.in_edges[v]:
+                uv += (0.5 * (x[:, psl] + z[:, psl])) @ W.T
+            act = sysm.acts[v]
+            dm = act.f(uv) - 0.5 * (x[:, sl] + z[:, sl])
+            x[:, sl] += dm
+            z[:, sl] += dm
+            s1[:, sl] = act.df(uv)
+        for v in bwd.get(k, ()):
+            sl = sysm.slices[v]
+            d_v = x[:, sl] - z[:, sl]
+            dd = -d_v
+            for csl, W in sysm.out_edges[v]:
+                dd += (s1[:, csl] * (x[:, csl] - z[:, csl])) @ W
+            if v == net.output:
+                dd += net.loss.grad(0.5 * (x[:, sl] + z[:, sl]), sysm.Y)
+            x[:, sl] += 0.5 * dd
+            z[:, sl] -= 0.5 * dd
+        if record:
+            hist.append((x.copy(), z.copy()))
+    hx = hz = None
+    if record:
+        hx = np.stack([h[0] for h in hist])
+        hz = np.stack([h[1] for h in hist])
+    done = n_steps >= 2 * L
+    return _finish(sysm, x, z, n_steps, 1.0, "wavefront", done, 0.0 if done else np.inf, hx, hz,
+                   u=u if done else None)

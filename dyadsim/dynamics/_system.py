@@ -1,0 +1,150 @@
+"""The stacked system evaluated block by block (internal).
+
+All states are (B, n) arrays; block v occupies columns ``net.slice(v)``.  Weights enter as
+dense blocks, so one sweep costs one matrix product per edge, like a forward pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import DyadsimError
+from .._util import check_dtype
+from ._gradients import Gradients
+
+
+class System:
+    """One network, one batch (x0, y), one dtype: the flows, the readout, the energy."""
+
+    def __init__(self, net, x, y=None, dtype=np.float64):
+        self.net = net
+        self.dtype = dtype = check_dtype(dtype)
+        if y is None:
+            X, self.single = net.check_x(x)
+            Y = None
+        else:
+            X, Y, self.single = net.check_xy(x, y)
+        self.X = X.astype(dtype)
+        self.Y = None if Y is None else Y.astype(dtype)
+        self.B = X.shape[0]
+        self.n = net.n
+        inp = net.input
+        self.slices = {v: net.slice(v) for v in net.nodes}
+        self.acts = {v: net.activations[v] for v in net.nodes}
+        # internal edges (both ends stacked) as (src_slice, dst_slice, W) in topological order
+        self.edges = [
+            (self.slices[p], self.slices[v], net.params[("W", p, v)].astype(dtype, copy=False))
+            for v in net.nodes for p in net.preds[v] if p != inp
+        ]
+        self.in_edges = {v: [(self.slices[p], net.params[("W", p, v)].astype(dtype, copy=False))
+                             for p in net.preds[v] if p != inp] for v in net.nodes}
+        self.out_edges = {v: [(self.slices[c], net.params[("W", v, c)].astype(dtype, copy=False))
+                              for c in net.succs[v]] for v in net.nodes}
+        self.beta = net.beta(X).astype(dtype)
+        self.out = self.slices[net.output]
+
+    # ---------------------------------------------------------------- elementary sweeps
+    def preact(self, m, nodes=None) -> np.ndarray:
+        """u = W m + beta (only the given nodes' columns are filled when ``nodes`` is set)."""
+        u = self.beta.copy()
+        for v in (self.net.nodes if nodes is None else nodes):
+            sl = self.slices[v]
+            for psl, W in self.in_edges[v]:
+                u[:, sl] += m[:, psl] @ W.T
+        return u
+
+    def apply(self, which, u, nodes=None, out=None):
+        """sigma (which=0), sigma' (1) or sigma'' (2) of u, block by block."""
+        res = np.zeros_like(u) if out is None else out
+        for v in (self.net.nodes if nodes is None else nodes):
+            sl = self.slices[v]
+            act = self.acts[v]
+            res[:, sl] = (act.f, act.df, act.d2f)[which](u[:, sl])
+        return res
+
+    def backward(self, s) -> np.ndarray:
+        """W^T s."""
+        r = np.zeros_like(s)
+        for psl, vsl, W in self.edges:
+            r[:, psl] += s[:, vsl] @ W
+        return r
+
+    def cost_grad(self, m) -> np.ndarray:
+        """g = [0, ..., dC/da_L] evaluated at m_L, per sample."""
+        g = np.zeros_like(m)
+        g[:, self.out] = self.net.loss.grad(m[:, self.out], self.Y)
+        return g
+
+    def flow_md(self, m, d):
+        """(dm/dt, dd/dt, u) at (m, d)."""
+        u = self.preact(m)
+        dm = self.apply(0, u) - m
+        dd = self.backward(self.apply(1, u) * d) - d + self.cost_grad(m)
+        return dm, dd, u
+
+    def flow_xz(self, x, z):
+        m = 0.5 * (x + z)
+        d = x - z
+        dm, dd, _ = self.flow_md(m, d)
+        return dm + 0.5 * dd, dm - 0.5 * dd
+
+    def energy(self, x, z) -> np.ndarray:
+        """E(x, z) = d^T F(m) + C(m_L, y), per sample."""
+        m = 0.5 * (x + z)
+        d = x - z
+        F = self.apply(0, self.preact(m)) - m
+        return np.sum(d * F, axis=1) + self.net.loss.value(m[:, self.out], self.Y)
+
+    # ---------------------------------------------------------------- readout
+    def readout(self, m, d, u=None, method=None) -> Gradients:
+        """dC/dW_pv = mean_b delta_v m_p^T, dC/db_v = mean_b delta_v, delta = sigma'(u) * d."""
+        if u is None:
+            u = self.preact(m)
+        delta = self.apply(1, u) * d
+        net = self.net
+        grads = Gradients(method=method)
+        B = self.B
+        for key in net.params:
+            if key[0] == "b":
+                grads[key] = delta[:, self.slices[key[1]]].sum(axis=0) / B
+        for key in net.params:
+            if key[0] == "W":
+                p, v = key[1], key[2]
+                a_p = self.X if p == net.input else m[:, self.slices[p]]
+                grads[key] = (delta[:, self.slices[v]].T @ a_p) / B
+        # keep the network's own parameter order
+        ordered = Gradients({k: grads[k] for k in net.params}, method=method)
+        if self.Y is not None:
+            ordered.loss = float(np.mean(net.loss.value(m[:, self.out], self.Y)))
+        return ordered
+
+    # ---------------------------------------------------------------- Jacobian
+    def jacobian(self, x, z) -> sp.csr_matrix:
+        """d(dx/dt, dz/dt)/d(x, z), block-diagonal over samples.
+
+        Variables are ordered sample by sample, [x_b, z_b] for b = 0..B-1.
+        """
+        W = self.net.W.astype(self.dtype)
+        n = self.n
+        I = sp.identity(n, format="csr", dtype=self.dtype)
+        m = 0.5 * (x + z)
+        d = x - z
+        u = self.preact(m)
+        s1 = self.apply(1, u)
+        s2 = self.apply(2, u) * d
+        H = self.net.loss.hess(m[:, self.out], self.Y)
+        o = self.out
+        blocks = []
+        for b in range(self.B):
+            D1 = sp.diags(s1[b])
+            Jmm = D1 @ W - I
+            Jdd = W.T @ D1 - I
+            Hb = sp.lil_matrix((n, n), dtype=self.dtype)
+            Hb[o, o] = H[b]
+            Jdm = W.T @ sp.diags(s2[b]) @ W + Hb.tocsr()
+            A = 0.5 * Jmm
+            Bq = 0.25 * Jdm
+            C = 0.5 * Jdd
+            blocks.append(sp.bmat([[A + Bq + C, A + Bq - C], [A - Bq - C, A - Bq + C]]))
+        return sp.block_diag(blocks, format="csr")

@@ -1,0 +1,49 @@
+"""Exceptions raised by dyadsim.
+
+Every error a user can cause with bad input is a :class:`DyadsimError`, which is also a
+:class:`ValueError`, and its message names the offending thing (node, edge, argument).
+Failures of the numerical machinery or of ngspice are :class:`ConvergenceError` and
+:class:`SimulatorError` (both :class:`RuntimeError`).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DyadsimException",
+    "DyadsimError",
+    "ConvergenceError",
+    "SimulatorError",
+]
+
+
+class DyadsimException(Exception):
+    """Root of every exception dyadsim raises on purpose."""
+
+
+class DyadsimError(DyadsimException, ValueError):
+    """Invalid input: a malformed network, a shape mismatch, NaN, an unknown name."""
+
+
+class ConvergenceError(DyadsimException, RuntimeError):
+    """An iterative method did not reach its tolerance within its budget."""
+
+
+class SimulatorError(DyadsimException, RuntimeError):
+    """ngspice failed (not installed, parse error, singular matrix, timestep, timeout).
+
+    Attributes carry what a user needs to debug: ``netlist_path`` (where the netlist was
+    written, if anywhere), ``reason`` (a short category string), and ``log`` (ngspice's
+    own output).
+    """
+
+    def __init__(self, message: str, *, reason: str = "failed", netlist_path=None, log: str = ""):
+        self.reason = reason
+        self.netlist_path = None if netlist_path is None else str(netlist_path)
+        self.log = log
+        full = message
+        if self.netlist_path:
+            full += f"\n  netlist: {self.netlist_path}"
+        if log:
+            tail = "\n".join(log.strip().splitlines()[-15:])
+            full += "\n  ngspice said:\n    " + tail.replace("\n", "\n    ")
+        super().__init__(full)

@@ -1,0 +1,74 @@
+"""Cost functions C(a_L, y): value, gradient and Hessian-vector action, per sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy.special import logsumexp, softmax
+
+from ..errors import DyadsimError
+
+__all__ = ["Loss", "LOSSES", "get_loss"]
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A per-sample cost.  All functions take (B, n_out) arrays.
+
+    ``value(a, y)`` -> (B,) per-sample costs; ``grad(a, y)`` -> (B, n_out) dC/da;
+    ``hess(a, y)`` -> (B, n_out, n_out) d2C/da2.  The batch loss is the mean of ``value``.
+    """
+
+    name: str
+    value: Callable
+    grad: Callable
+    hess: Callable
+
+
+def _mse_value(a, y):
+    r = a - y
+    return 0.5 * np.sum(r * r, axis=-1)
+
+
+def _mse_grad(a, y):
+    return a - y
+
+
+def _mse_hess(a, y):
+    B, n = a.shape
+    return np.broadcast_to(np.eye(n, dtype=a.dtype), (B, n, n))
+
+
+def _xent_value(a, y):
+    # -sum_k y_k log softmax(a)_k, with logsumexp for stability
+    lse = logsumexp(a, axis=-1, keepdims=True)
+    return -np.sum(y * (a - lse), axis=-1)
+
+
+def _xent_grad(a, y):
+    p = softmax(a, axis=-1)
+    return p * np.sum(y, axis=-1, keepdims=True) - y
+
+
+def _xent_hess(a, y):
+    p = softmax(a, axis=-1)
+    s = np.sum(y, axis=-1)[:, None, None]
+    return s * (np.einsum("bi,ij->bij", p, np.eye(a.shape[-1], dtype=a.dtype)) - p[:, :, None] * p[:, None, :])
+
+
+LOSSES: dict[str, Loss] = {
+    "mse": Loss("mse", _mse_value, _mse_grad, _mse_hess),
+    "xent": Loss("xent", _xent_value, _xent_grad, _xent_hess),
+}
+
+
+def get_loss(name) -> Loss:
+    """Look up a loss by name; unknown names raise a DyadsimError listing the valid ones."""
+    if isinstance(name, Loss):
+        return name
+    try:
+        return LOSSES[str(name).lower()]
+    except KeyError:
+        raise DyadsimError(f"unknown loss {name!r}; valid losses: {', '.join(LOSSES)}") from None

@@ -1,0 +1,428 @@
+"""The network model: a DAG of layer nodes, stacked into one global system.
+
+A :class:`Network` is built from a :class:`networkx.DiGraph` whose nodes are *layers*
+(attribute ``size``, and ``activation``/``bias`` on every node but the input) and whose
+edges carry dense weight blocks (attribute ``weight`` of shape (size_dst, size_src)).
+Stacking every non-input neuron in topological order gives the global system of
+THEORY.md section 1, ``a = sigma(W a + beta(x0))`` with ``W`` strictly block-lower-
+triangular (nilpotent, ``W**L == 0``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Hashable, Iterator
+
+import networkx as nx
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import DyadsimError
+from ._activations import Activation, get_activation
+from ._losses import Loss, get_loss
+
+__all__ = ["Network", "ParamKey", "load"]
+
+ParamKey = tuple  # ("W", src, dst) or ("b", node)
+
+_FORMAT = "dyadsim-network"
+_FORMAT_VERSION = 1
+
+
+def _check_finite(arr: np.ndarray, what: str) -> None:
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise DyadsimError(f"{what} contains {bad} non-finite value(s) (NaN or inf)")
+
+
+def _as_float_array(value, what: str) -> np.ndarray:
+    try:
+        arr = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DyadsimError(f"{what} is not a numeric array: {exc}") from None
+    return arr
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One layer node of the stacked system (internal)."""
+
+    name: Hashable
+    index: int  # position among the non-input nodes (topological order)
+    size: int
+    offset: int  # first neuron in the global vector
+    activation: Activation
+    depth: int  # longest path from the input, in edges
+    rdepth: int  # longest path to the output, in edges
+
+    @property
+    def slice(self) -> slice:
+        return slice(self.offset, self.offset + self.size)
+
+
+class Network:
+    """A feedforward network as one global dynamical system.
+
+    Build one with :meth:`from_graph`, :func:`dyadsim.mlp` or :func:`dyadsim.load`.
+
+    Attributes
+    ----------
+    input, output : the names of the source (input) and sink (output) layer nodes.
+    nodes : the non-input layer nodes, in topological order (the stacking order of ``W``).
+    sizes : ``{node: number of neurons}``, the input included.
+    activations : ``{node: Activation}`` for the non-input nodes.
+    params : ``{("W", src, dst): array (size_dst, size_src), ("b", node): array (size,)}``.
+        The arrays are the network's own (training updates them in place).
+    loss : the :class:`~dyadsim.network.Loss` (``mse`` or ``xent``).
+    depth : L, the longest input-to-output path in edges.
+    n : number of stacked (non-input) neurons.
+    """
+
+    def __init__(self, graph: nx.DiGraph, loss="mse"):
+        # Use Network.from_graph; this validates as well.
+        self._init_from_graph(graph, loss)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_graph(cls, G: nx.DiGraph, loss="mse") -> "Network":
+        """Validate a layer graph and build the network.
+
+        Raises :class:`~dyadsim.errors.DyadsimError` (a ``ValueError``) naming the problem:
+        a cycle (with a node on it), several sources or sinks, a missing or bad ``size``,
+        an unknown activation, a weight or bias of the wrong shape (naming the edge/node),
+        NaN or inf in a parameter.
+        """
+        return cls(G, loss=loss)
+
+    def _init_from_graph(self, G, loss) -> None:
+        if not isinstance(G, nx.DiGraph) or G.is_multigraph():
+            raise DyadsimError(
+                f"a network is built from a networkx.DiGraph of layer nodes, got {type(G).__name__}"
+            )
+        if G.number_of_nodes() < 2:
+            raise DyadsimError("a network needs at least an input node and an output node")
+        for node in G.nodes:
+            if not isinstance(node, (str, int)) or isinstance(node, bool):
+                raise DyadsimError(
+                    f"layer node names must be str or int, got {node!r} ({type(node).__name__})"
+                )
+        if not nx.is_directed_acyclic_graph(G):
+            cycle = nx.find_cycle(G)
+            path = " -> ".join(repr(e[0]) for e in cycle) + f" -> {cycle[0][0]!r}"
+            raise DyadsimError(
+                f"the layer graph has a cycle through node {cycle[0][0]!r} ({path}); "
+                "a feedforward network must be acyclic"
+            )
+        sources = [v for v in G.nodes if G.in_degree(v) == 0]
+        sinks = [v for v in G.nodes if G.out_degree(v) == 0]
+        if len(sources) != 1:
+            raise DyadsimError(
+                f"the layer graph must have exactly one source (the input), found {len(sources)}: "
+                f"{sorted(map(repr, sources))}"
+            )
+        if len(sinks) != 1:
+            raise DyadsimError(
+                f"the layer graph must have exactly one sink (the output), found {len(sinks)}: "
+                f"{sorted(map(repr, sinks))}"
+            )
+        self.input = sources[0]
+        self.output = sinks[0]
+        self.loss: Loss = get_loss(loss)
+
+        sizes = {}
+        for v, attrs in G.nodes(data=True):
+            size = attrs.get("size")
+            if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)) or size < 1:
+                raise DyadsimError(f"node {v!r}: 'size' must be a positive int, got {size!r}")
+            sizes[v] = int(size)
+        self.sizes = sizes
+
+        act_in = G.nodes[self.input].get("activation")
+        if act_in not in (None, "identity"):
+            raise DyadsimError(
+                f"input node {self.input!r} must not have an activation (got {act_in!r}): "
+                "the input is clamped, not a neuron"
+            )
+        if G.nodes[self.input].get("bias") is not None:
+            raise DyadsimError(f"input node {self.input!r} must not have a bias")
+
+        order = list(nx.lexicographical_topological_sort(G, key=str))
+        assert order[0] == self.input
+        # Longest paths from the input and to the output, in edges.  (networkx's
+        # longest-path helpers read the edge attribute "weight" as a length, and ours is a
+        # matrix, so count edges explicitly.)
+        depth = {self.input: 0}
+        for v in order[1:]:
+            depth[v] = 1 + max(depth[p] for p in G.predecessors(v))
+        rdepth = {self.output: 0}
+        for v in reversed(order[:-1]):
+            rdepth[v] = 1 + max(rdepth[c] for c in G.successors(v))
+        self.depth = int(depth[self.output])
+
+        params: dict = {}
+        activations = {}
+        blocks = {}
+        offset = 0
+        for i, v in enumerate(order[1:]):
+            attrs = G.nodes[v]
+            if "activation" not in attrs or attrs["activation"] is None:
+                raise DyadsimError(f"node {v!r} has no 'activation'")
+            act = get_activation(attrs["activation"])
+            activations[v] = act
+            blocks[v] = _Block(v, i, sizes[v], offset, act, depth[v], rdepth[v])
+            offset += sizes[v]
+            bias = attrs.get("bias")
+            if bias is None:
+                b = np.zeros(sizes[v])
+            else:
+                b = _as_float_array(bias, f"bias of node {v!r}")
+                if b.shape != (sizes[v],):
+                    raise DyadsimError(
+                        f"bias of node {v!r} has shape {b.shape}, expected ({sizes[v]},)"
+                    )
+                _check_finite(b, f"bias of node {v!r}")
+            params[("b", v)] = b
+        for v in order[1:]:
+            for p in sorted(G.predecessors(v), key=lambda q: order.index(q)):
+                w = G.edges[p, v].get("weight")
+                if w is None:
+                    raise DyadsimError(f"edge {p!r} -> {v!r} has no 'weight' array")
+                W = _as_float_array(w, f"weight of edge {p!r} -> {v!r}")
+                if W.shape != (sizes[v], sizes[p]):
+                    raise DyadsimError(
+                        f"weight of edge {p!r} -> {v!r} has shape {W.shape}, expected "
+                        f"({sizes[v]}, {sizes[p]}) = (size of {v!r}, size of {p!r})"
+                    )
+                _check_finite(W, f"weight of edge {p!r} -> {v!r}")
+                params[("W", p, v)] = W
+        self.nodes = tuple(order[1:])
+        self.activations = activations
+        self.params = params
+        self._blocks = blocks
+        self._order = tuple(order)
+        self.n = offset
+        self.preds = {v: tuple(p for p in order if G.has_edge(p, v)) for v in order}
+        self.succs = {v: tuple(c for c in order if G.has_edge(v, c)) for v in order}
+
+    # ------------------------------------------------------------------ basic facts
+    @property
+    def n_in(self) -> int:
+        """Width of the input x0."""
+        return self.sizes[self.input]
+
+    @property
+    def n_out(self) -> int:
+        """Width of the output a_L."""
+        return self.sizes[self.output]
+
+    @property
+    def edges(self) -> tuple:
+        """(src, dst) pairs, grouped by destination in topological order."""
+        return tuple((k[1], k[2]) for k in self.params if k[0] == "W")
+
+    @property
+    def n_params(self) -> int:
+        return int(sum(a.size for a in self.params.values()))
+
+    def block(self, node) -> _Block:
+        """Layout facts of one non-input node: offset, size, depth, activation."""
+        try:
+            return self._blocks[node]
+        except KeyError:
+            raise DyadsimError(f"no non-input layer node named {node!r}") from None
+
+    def slice(self, node) -> slice:
+        """The slice of the global state vector holding ``node``'s neurons."""
+        return self.block(node).slice
+
+    def weight(self, src, dst) -> np.ndarray:
+        return self.params[("W", src, dst)]
+
+    def bias(self, node) -> np.ndarray:
+        return self.params[("b", node)]
+
+    def param_keys(self) -> list:
+        return list(self.params)
+
+    def __repr__(self) -> str:
+        layers = ", ".join(f"{v!r}:{self.sizes[v]}" for v in self._order)
+        return f"<Network L={self.depth} n={self.n} loss={self.loss.name} layers=[{layers}]>"
+
+    def summary(self) -> str:
+        """A human-readable description: layers, activations, edges, depth."""
+        lines = [f"Network: depth L={self.depth}, {self.n} neurons, {self.n_params} parameters, loss={self.loss.name}"]
+        lines.append(f"  input  {self.input!r}: {self.n_in}")
+        for v in self.nodes:
+            b = self._blocks[v]
+            ins = ", ".join(repr(p) for p in self.preds[v])
+            lines.append(f"  layer  {v!r}: {b.size} {b.activation.name} <- [{ins}]  (depth {b.depth})")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ global system
+    @property
+    def W(self) -> sp.csr_matrix:
+        """The global nilpotent weight matrix (n x n, sparse, strictly block-lower-triangular)."""
+        rows, cols, vals = [], [], []
+        for (kind, *rest), arr in self.params.items():
+            if kind != "W" or rest[0] == self.input:
+                continue
+            src, dst = rest
+            r, c = np.indices(arr.shape)
+            rows.append((r + self._blocks[dst].offset).ravel())
+            cols.append((c + self._blocks[src].offset).ravel())
+            vals.append(arr.ravel())
+        if not rows:
+            return sp.csr_matrix((self.n, self.n))
+        return sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(self.n, self.n),
+        )
+
+    def beta(self, x0, dtype=np.float64) -> np.ndarray:
+        """The drive beta(x0) = [W_in->v x0] + b: shape (n,) for 1-D x0, (B, n) for a batch."""
+        X, single = self.check_x(x0)
+        out = np.zeros((X.shape[0], self.n), dtype=dtype)
+        for v in self.nodes:
+            sl = self._blocks[v].slice
+            out[:, sl] = self.params[("b", v)]
+            if self.input in self.preds[v]:
+                out[:, sl] += X @ self.params[("W", self.input, v)].T
+        return out[0] if single else out
+
+    # ------------------------------------------------------------------ input checks
+    def check_x(self, x, name="x") -> tuple[np.ndarray, bool]:
+        """Validate an input batch: returns (array (B, n_in), was_single_sample)."""
+        X = _as_float_array(x, f"input {name}")
+        single = X.ndim == 1
+        if single:
+            X = X[None, :]
+        if X.ndim != 2 or X.shape[1] != self.n_in:
+            raise DyadsimError(
+                f"input {name} has shape {np.shape(x)}, expected ({self.n_in},) or (batch, {self.n_in}) "
+                f"for input node {self.input!r} of size {self.n_in}"
+            )
+        if X.shape[0] == 0:
+            raise DyadsimError(f"input {name} is an empty batch")
+        _check_finite(X, f"input {name}")
+        return X, single
+
+    def check_xy(self, x, y) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Validate an (input, target) pair: returns (X (B, n_in), Y (B, n_out), single)."""
+        X, single = self.check_x(x)
+        Y = _as_float_array(y, "target y")
+        if Y.ndim == 1 and single:
+            Y = Y[None, :]
+        if Y.ndim != 2 or Y.shape[1] != self.n_out:
+            raise DyadsimError(
+                f"target y has shape {np.shape(y)}, expected ({self.n_out},) or (batch, {self.n_out}) "
+                f"for output node {self.output!r} of size {self.n_out}"
+            )
+        if Y.shape[0] != X.shape[0]:
+            raise DyadsimError(
+                f"x and y have different batch sizes: {X.shape[0]} inputs, {Y.shape[0]} targets"
+            )
+        _check_finite(Y, "target y")
+        return X, Y, single
+
+    # ------------------------------------------------------------------ evaluation
+    def forward(self, x, dtype=np.float64) -> dict:
+        """Activations ``{node: (B, size)}`` of the forward pass (the input included)."""
+        X, _ = self.check_x(x)
+        return _forward(self, X.astype(dtype, copy=False))[1]
+
+    def predict(self, x) -> np.ndarray:
+        """The output a_L for x (same leading shape as x)."""
+        X, single = self.check_x(x)
+        out = _forward(self, X)[1][self.output]
+        return out[0] if single else out
+
+    def loss_value(self, x, y) -> float:
+        """The batch loss: mean over samples of C(a_L, y)."""
+        X, Y, _ = self.check_xy(x, y)
+        aL = _forward(self, X)[1][self.output]
+        return float(np.mean(self.loss.value(aL, Y)))
+
+    # ------------------------------------------------------------------ graph I/O
+    def to_graph(self) -> nx.DiGraph:
+        """A new networkx DiGraph describing this network (arrays are copies)."""
+        G = nx.DiGraph()
+        G.add_node(self.input, size=self.n_in)
+        for v in self.nodes:
+            G.add_node(v, size=self.sizes[v], activation=self.activations[v].name,
+                       bias=self.params[("b", v)].copy())
+        for (s, d) in self.edges:
+            G.add_edge(s, d, weight=self.params[("W", s, d)].copy())
+        return G
+
+    def copy(self) -> "Network":
+        return Network.from_graph(self.to_graph(), loss=self.loss.name)
+
+    def save(self, path) -> Path:
+        """Save to one portable ``.npz`` file (arrays plus a JSON graph description)."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+        nodes = list(self._order)
+        desc = {
+            "format": _FORMAT,
+            "version": _FORMAT_VERSION,
+            "loss": self.loss.name,
+            "nodes": [
+                {"name": v, "size": self.sizes[v],
+                 "activation": None if v == self.input else self.activations[v].name}
+                for v in nodes
+            ],
+            "edges": [[nodes.index(s), nodes.index(d)] for (s, d) in self.edges],
+        }
+        arrays = {"__graph__": np.array(json.dumps(desc))}
+        for k, (s, d) in enumerate(self.edges):
+            arrays[f"W{k}"] = self.params[("W", s, d)]
+        for v in self.nodes:
+            arrays[f"b{nodes.index(v)}"] = self.params[("b", v)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)
+        return path
+
+
+def load(path: str | PathLike) -> Network:
+    """Load a network saved with :meth:`Network.save`."""
+    path = Path(path)
+    if not path.exists():
+        raise DyadsimError(f"network file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            desc = json.loads(str(data["__graph__"]))
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, KeyError) as exc:
+        raise DyadsimError(f"{path} is not a dyadsim network file: {exc}") from None
+    if desc.get("format") != _FORMAT:
+        raise DyadsimError(f"{path} is not a dyadsim network file (format {desc.get('format')!r})")
+    G = nx.DiGraph()
+    names = [nd["name"] for nd in desc["nodes"]]
+    for i, nd in enumerate(desc["nodes"]):
+        attrs = {"size": nd["size"]}
+        if nd["activation"] is not None:
+            attrs["activation"] = nd["activation"]
+            attrs["bias"] = arrays[f"b{i}"]
+        G.add_node(nd["name"], **attrs)
+    for k, (i, j) in enumerate(desc["edges"]):
+        G.add_edge(names[i], names[j], weight=arrays[f"W{k}"])
+    return Network.from_graph(G, loss=desc["loss"])
+
+
+def _forward(net: Network, X: np.ndarray):
+    """Forward pass: (pre-activations u, activations a) as dicts of (B, size) arrays."""
+    dtype = X.dtype
+    a = {net.input: X}
+    u = {}
+    for v in net.nodes:
+        uv = np.broadcast_to(net.params[("b", v)].astype(dtype, copy=False), (X.shape[0], net.sizes[v])).copy()
+        for p in net.preds[v]:
+            uv += a[p] @ net.params[("W", p, v)].astype(dtype, copy=False).T
+        u[v] = uv
+        a[v] = net.activations[v].f(uv)
+    return u, a
