@@ -16,7 +16,12 @@ from .dynamics import (
     ContinuousResult, Gradients, RelaxResult, backprop, energy, flow, flow_jacobian, flow_md,
     relax, relax_continuous,
 )
-from .readout import Comparison, angle, compare
+from .readout import (
+    Comparison, SpiceGradients, angle, compare, plot_relaxation, readout, relaxation_trace,
+    spice_gradients,
+)
+from .circuits import Netlist, compile_netlist
+from .simulator import OperatingPoint, Transient, simulate, simulate_many
 
 __version__ = "0.1.0"
 
@@ -26,4 +31,6 @@ __all__ = [
     "ContinuousResult", "Gradients", "RelaxResult", "backprop", "energy", "flow",
     "flow_jacobian", "flow_md", "relax", "relax_continuous",
     "Comparison", "angle", "compare",
+    "readout", "spice_gradients", "SpiceGradients", "relaxation_trace", "plot_relaxation",
+    "Netlist", "compile_netlist", "OperatingPoint", "Transient", "simulate", "simulate_many",
 ]

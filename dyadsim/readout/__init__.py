@@ -1,5 +1,10 @@
 """Readout and comparison stage: gradients out of relaxed states, and how close they are."""
 
 from ._compare import Comparison, TensorMetrics, angle, compare
+from ._spice import SpiceGradients, readout, relaxation_trace, settling_time, spice_gradients
 
-__all__ = ["compare", "Comparison", "TensorMetrics", "angle"]
+__all__ = ["compare", "Comparison", "TensorMetrics", "angle", "readout", "spice_gradients",
+           "SpiceGradients", "relaxation_trace", "settling_time"]
+from ._plots import plot_relaxation  # noqa: E402
+
+__all__ += ["plot_relaxation"]

@@ -1,0 +1,100 @@
+"""CLI: ``dyadsim netlist`` and ``dyadsim simulate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ._main import build_network, cli, net_options, random_batch
+
+
+@cli.command()
+@net_options
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Netlist file to write (.cir).")
+@click.option("--analysis", type=click.Choice(["op", "tran"]), default="op", show_default=True)
+@click.option("--gain", default=1.0, show_default=True, type=float, help="Cost current gain.")
+@click.option("--tau", default=1e-6, show_default=True, type=float, help="Time constant C/g in seconds.")
+@click.option("--save-network", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also save the network (.npz), so that `simulate --net` can read the gradients out.")
+def netlist(net_spec, activation, output_activation, loss, seed, batch, out, analysis, gain, tau,
+            save_network):
+    """Compile a network and a random batch into an ngspice netlist."""
+    import dyadsim
+
+    net = build_network(net_spec, activation, output_activation, loss, seed)
+    x, y = random_batch(net, batch, seed)
+    nl = dyadsim.compile_netlist(net, x, y, analysis=analysis, gain=gain, tau=tau)
+    nl.write(out)
+    if save_network:
+        net.save(save_network)
+    s = nl.stats
+    click.echo(f"wrote {out}: {s['elements']} elements, {s['nodes']} nodes, {batch} sample(s), "
+               f"analysis {analysis}, compiled in {nl.compile_time:.3f} s")
+
+
+@cli.command()
+@click.argument("netlist_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--analysis", type=click.Choice(["op", "tran"]), default=None,
+              help="Which analysis to read (default: the one in the netlist).")
+@click.option("--backend", type=click.Choice(["auto", "shared", "subprocess"]), default="subprocess",
+              show_default=True)
+@click.option("--timeout", default=600.0, show_default=True, type=float, help="Seconds before giving up.")
+@click.option("--net", "net_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The network (.npz) the netlist was compiled from: read out and compare gradients.")
+@click.option("--plot", "plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG of the relaxation (tran) -- needs --net.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+def simulate(netlist_file, analysis, backend, timeout, net_file, plot, as_json):
+    """Run a netlist in ngspice; with --net, read out gradients and compare with backprop."""
+    import dyadsim
+
+    text = netlist_file.read_text()
+    if analysis is None:
+        analysis = "tran" if any(l.strip().lower().startswith(".tran") for l in text.splitlines()) else "op"
+    res = dyadsim.simulate(netlist_file, analysis=analysis, backend=backend, timeout=timeout)
+    out = {"netlist": str(netlist_file), "analysis": analysis, "backend": res.backend}
+    if analysis == "tran":
+        out["points"] = int(len(res.time))
+        out["t_stop_s"] = float(res.time[-1])
+    else:
+        out["nodes"] = len(res.voltages)
+    if net_file is not None:
+        net = dyadsim.load(net_file)
+        grads = dyadsim.readout(net, res)
+        final = res.final() if analysis == "tran" else res
+        X0, Y = _inputs_of(net, final)
+        cmp = dyadsim.compare(grads, dyadsim.backprop(net, X0, Y), label=f"spice[{analysis}]",
+                              reference_label="backprop")
+        out["comparison"] = cmp.to_dict()
+        if analysis == "tran":
+            tr = dyadsim.relaxation_trace(net, res)
+            from ..readout import settling_time
+
+            out["t_settle_tau"] = settling_time(tr["t"], tr["grad_error"], 1e-6)
+        if plot is not None:
+            if analysis != "tran":
+                raise click.UsageError("--plot needs a transient (--analysis tran)")
+            dyadsim.plot_relaxation(net, res, path=plot)
+            out["plot"] = str(plot)
+    elif plot is not None:
+        raise click.UsageError("--plot needs --net (the network the netlist came from)")
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    for k, v in out.items():
+        if k != "comparison":
+            click.echo(f"{k}: {v}")
+    if "comparison" in out:
+        click.echo(cmp.table())
+
+
+def _inputs_of(net, op):
+    from ..readout._spice import _n_samples, _states_from
+
+    B = _n_samples(net, op)
+    _, _, _, X0, Y = _states_from(net, op.v, B)
+    return X0, Y

@@ -1,0 +1,187 @@
+"""Gradients out of ngspice node voltages, and the compile -> simulate -> readout chain."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..circuits._compiler import GAIN_NODE, TAU_NODE, compile_netlist, layer_identifiers, node_name, target_node
+from ..dynamics._gradients import Gradients
+from ..dynamics._system import System
+from ..errors import DyadsimError
+
+__all__ = ["readout", "spice_gradients", "SpiceGradients", "relaxation_trace", "settling_time"]
+
+
+def _n_samples(net, result) -> int:
+    ids = layer_identifiers(net)
+    v0 = net.nodes[0]
+    if node_name("x", ids[v0], 0) in result.voltages:
+        return 1
+    B = 0
+    while node_name("x", ids[v0], 0, B, 2) in result.voltages:
+        B += 1
+    if B == 0:
+        raise DyadsimError(
+            "the simulation result holds no node of this network's circuit "
+            f"(looked for {node_name('x', ids[v0], 0)!r}); was it compiled from another network?"
+        )
+    return B
+
+
+def _states_from(net, get, B, T=()):
+    """Stacked (x, z, u, x0, y) arrays (B, n, *T) from a node-voltage getter."""
+    ids = layer_identifiers(net)
+    T = tuple(T)
+    X = np.empty((B, net.n) + T)
+    Z = np.empty((B, net.n) + T)
+    U = np.empty((B, net.n) + T)
+    X0 = np.empty((B, net.n_in) + T)
+    Y = np.empty((B, net.n_out) + T)
+    for b in range(B):
+        for i in range(net.n_in):
+            X0[b, i] = get(node_name("in", ids[net.input], i, b, B))
+        for i in range(net.n_out):
+            Y[b, i] = get(target_node(i, b, B))
+        for v in net.nodes:
+            off = net.block(v).offset
+            for i in range(net.sizes[v]):
+                X[b, off + i] = get(node_name("x", ids[v], i, b, B))
+                Z[b, off + i] = get(node_name("z", ids[v], i, b, B))
+                U[b, off + i] = get(node_name("u", ids[v], i, b, B))
+    return X, Z, U, X0, Y
+
+
+def readout(net, result, *, gain=None, method="spice") -> Gradients:
+    """Gradients from the steady-state node voltages of a DBP circuit.
+
+    ``result`` is an :class:`~dyadsim.simulator.OperatingPoint` or a
+    :class:`~dyadsim.simulator.Transient` (its last time point is used).  With
+    ``m = (V(x)+V(z))/2``, ``d = (V(x)-V(z))/gain`` and the slope sigma'(V(u)) read at the
+    pre-activation nodes, ``dC/dW_pv = mean_b sigma'(u_v) d_v m_p^T``.  Inputs, targets and
+    the gain are read back from the circuit's own source nodes.
+    """
+    if hasattr(result, "final") and hasattr(result, "time"):
+        result = result.final()
+    if not hasattr(result, "voltages"):
+        raise DyadsimError(f"readout needs a simulation result with node voltages, got {type(result).__name__}")
+    B = _n_samples(net, result)
+    X, Z, U, X0, Y = _states_from(net, result.v, B)
+    if gain is None:
+        gain = result.v(GAIN_NODE) if GAIN_NODE in result.voltages else 1.0
+    if not np.all(np.isfinite(X)) or not np.all(np.isfinite(Z)):
+        raise DyadsimError("the circuit's state voltages contain NaN or inf")
+    sysm = System(net, X0, Y)
+    m = 0.5 * (X + Z)
+    d = (X - Z) / gain
+    return sysm.readout(m, d, u=U, method=method)
+
+
+def settling_time(t, err, tol=1e-6) -> float:
+    """First time after which the error trace ``err`` (same length as ``t``) stays at or
+    below ``tol`` (``inf`` if it never does)."""
+    bad = np.nonzero(np.asarray(err) > tol)[0]
+    if len(bad) == 0:
+        return float(t[0])
+    if bad[-1] + 1 >= len(t):
+        return float("inf")
+    return float(t[bad[-1] + 1])
+
+
+def relaxation_trace(net, tran, *, tau=None, gain=None, max_points=300):
+    """Readout along a transient: times (in tau), states and gradient errors vs the final state.
+
+    Returns a dict with ``t`` (tau units), ``m``, ``d`` (T, B, n) and ``grad_error`` (T,)
+    (relative error of the gradients read out at t against those at the end).
+    """
+    t = np.asarray(tran.time)
+    idx = np.unique(np.linspace(0, len(t) - 1, min(max_points, len(t))).astype(int))
+    B = _n_samples(net, tran)
+    if gain is None:
+        gain = float(tran.v(GAIN_NODE)[-1]) if GAIN_NODE in tran.voltages else 1.0
+    if tau is None:
+        tau = float(tran.v(TAU_NODE)[-1]) if TAU_NODE in tran.voltages else 1.0
+    X, Z, U, X0, Y = _states_from(net, lambda n: np.asarray(tran.v(n))[idx], B, (len(idx),))
+    # arrays are (B, n, T): move time first
+    X, Z, U = (np.moveaxis(a, -1, 0) for a in (X, Z, U))
+    X0, Y = X0[..., -1], Y[..., -1]
+    sysm = System(net, X0, Y)
+    m = 0.5 * (X + Z)
+    d = (X - Z) / gain
+    final = sysm.readout(m[-1], d[-1], u=U[-1]).flat()
+    fn = max(np.linalg.norm(final), np.finfo(float).tiny)
+    err = np.array([np.linalg.norm(sysm.readout(m[k], d[k], u=U[k]).flat() - final) / fn
+                    for k in range(len(idx))])
+    return {"t": t[idx] / tau, "m": m, "d": d, "grad_error": err}
+
+
+@dataclass
+class SpiceGradients:
+    """Result of :func:`spice_gradients`: ``grads``, the netlist(s), the simulator
+    result(s), and ``info`` (timings, sizes, settling time for transients)."""
+
+    grads: Gradients
+    netlists: list
+    results: list
+    info: dict = field(default_factory=dict)
+
+    @property
+    def netlist(self):
+        return self.netlists[0]
+
+    @property
+    def result(self):
+        return self.results[0]
+
+
+def spice_gradients(net, x, y, *, analysis="op", gain=1.0, backend="auto", per_sample=False,
+                    processes=2, timeout=600.0, keep_files=False, settle_tol=1e-6,
+                    **compile_options) -> SpiceGradients:
+    """Compile -> simulate in ngspice -> read out: the analog path's gradients.
+
+    ``per_sample=True`` compiles one netlist per sample and runs them in parallel
+    (``processes`` ngspice subprocesses); otherwise the whole batch is one netlist.  The
+    readout averages over the batch like the digital path.  Transients report
+    ``info["t_settle_tau"]``: when the gradient readout came within ``settle_tol`` of its
+    final value.
+    """
+    from ..simulator import simulate, simulate_many
+
+    X, Y, _ = net.check_xy(x, y)
+    t0 = time.perf_counter()
+    if per_sample and X.shape[0] > 1:
+        netlists = [compile_netlist(net, X[b], Y[b], analysis=analysis, gain=gain, **compile_options)
+                    for b in range(X.shape[0])]
+    else:
+        netlists = [compile_netlist(net, X, Y, analysis=analysis, gain=gain, **compile_options)]
+    t1 = time.perf_counter()
+    if len(netlists) == 1:
+        results = [simulate(netlists[0], analysis=analysis, backend=backend, timeout=timeout,
+                            keep_files=keep_files)]
+    else:
+        results = simulate_many(netlists, analysis=analysis, processes=processes, timeout=timeout)
+    t2 = time.perf_counter()
+    parts = [readout(net, r, gain=gain) for r in results]
+    if len(parts) == 1:
+        grads = parts[0]
+    else:
+        grads = Gradients({k: np.mean([p[k] for p in parts], axis=0) for k in parts[0]},
+                          loss=float(np.mean([p.loss for p in parts])))
+    grads.method = f"spice[{analysis}]"
+    info = {
+        "analysis": analysis,
+        "netlists": len(netlists),
+        "elements": int(sum(n.stats["elements"] for n in netlists)),
+        "compile_s": t1 - t0,
+        "simulate_s": t2 - t1,
+    }
+    if analysis == "tran":
+        tau = netlists[0].tau
+        settle = []
+        for r in results:
+            tr = relaxation_trace(net, r, tau=tau, gain=gain)
+            settle.append(settling_time(tr["t"], tr["grad_error"], settle_tol))
+        info["t_settle_tau"] = float(max(settle))
+    return SpiceGradients(grads, netlists, results, info)

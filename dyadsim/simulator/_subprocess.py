@@ -1,0 +1,155 @@
+"""Batch-mode backend: one ``ngspice -b -r out.raw -o out.log in.cir`` process per run.
+
+The caller owns the run directory (``_runner`` creates it, and removes it after a
+success unless asked to keep it).  Success is decided by the exit code, not by the raw file:
+a failed run can leave a raw file with ``No. Points: 0``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+from ._rawfile import RawFileError, RawPlot, parse_raw
+from ._results import Reason, diagnose_log, simulator_error
+
+__all__ = ["find_ngspice", "run_subprocess", "NGSPICE_ENV", "INSTALL_HINT"]
+
+#: Environment variable naming the ngspice executable (default: ``ngspice`` on PATH).
+NGSPICE_ENV = "DYADSIM_NGSPICE"
+
+INSTALL_HINT = (
+    "install it with `apt-get install -y ngspice libngspice0-dev` "
+    "(or run `make setup`, see the README)"
+)
+
+NETLIST_NAME = "in.cir"
+RAW_NAME = "out.raw"
+LOG_NAME = "out.log"
+
+_INTERP_OPTION = re.compile(r"^[ \t]*\.options?\b[^\n]*\binterp\b", re.IGNORECASE | re.MULTILINE)
+
+
+def find_ngspice() -> str:
+    """Return the path of the ngspice executable.
+
+    ``$DYADSIM_NGSPICE`` names it explicitly; otherwise ``ngspice`` is looked up on PATH.
+    Raises :class:`~dyadsim.errors.SimulatorError` with reason ``"not-installed"`` if there
+    is none.
+    """
+    explicit = os.environ.get(NGSPICE_ENV)
+    if explicit:
+        found = shutil.which(explicit)
+        if found is None:
+            raise simulator_error(
+                f"ngspice executable {explicit!r} (from ${NGSPICE_ENV}) does not exist or is "
+                f"not executable; {INSTALL_HINT}",
+                reason=Reason.NOT_INSTALLED,
+            )
+        return found
+    found = shutil.which("ngspice")
+    if found is None:
+        raise simulator_error(f"ngspice is not installed (no `ngspice` on PATH); {INSTALL_HINT}", reason=Reason.NOT_INSTALLED)
+    return found
+
+
+def run_subprocess(
+    text: str, run_dir: Path, *, timeout: Optional[float], executable: Optional[str] = None
+) -> tuple[list[RawPlot], str]:
+    """Write ``text`` to ``run_dir/in.cir``, run ngspice in batch mode, parse ``out.raw``.
+
+    Returns ``(plots, log)``.  Raises a :class:`SimulatorError` whose ``netlist_path`` is
+    ``run_dir/in.cir`` on any failure (the caller keeps the directory then).
+    """
+    executable = executable or find_ngspice()
+    run_dir = Path(run_dir)
+    netlist = run_dir / NETLIST_NAME
+    netlist.write_text(text, encoding="utf-8")
+    env = dict(os.environ)
+    if _INTERP_OPTION.search(text):
+        # ngspice 39's binary writer is wrong with `.options interp` (see _rawfile).
+        env["SPICE_ASCIIRAWFILE"] = "1"
+    command = [executable, "-b", "-r", RAW_NAME, "-o", LOG_NAME, NETLIST_NAME]
+    try:
+        process = subprocess.Popen(
+            command,
+            cwd=run_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # own process group: a timeout kills everything it started
+        )
+    except OSError as exc:
+        raise simulator_error(
+            f"cannot start ngspice ({executable}): {exc}; {INSTALL_HINT}",
+            reason=Reason.NOT_INSTALLED,
+            netlist_path=netlist,
+        ) from None
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill(process)
+        log = _read_log(run_dir, b"", b"")
+        raise simulator_error(
+            f"ngspice did not finish within the {timeout:g} s timeout and was killed",
+            reason=Reason.TIMEOUT,
+            log=log,
+            netlist_path=netlist,
+        ) from None
+    except BaseException:  # KeyboardInterrupt: never leave ngspice running
+        _kill(process)
+        raise
+    log = _read_log(run_dir, stdout, stderr)
+    if process.returncode != 0:
+        diagnosis = diagnose_log(log.splitlines(), failed=True)
+        raise simulator_error(
+            f"{diagnosis.message} (exit code {process.returncode})",
+            reason=diagnosis.reason,
+            log=log,
+            netlist_path=netlist,
+        )
+    raw = run_dir / RAW_NAME
+    if not raw.exists():
+        raise simulator_error("ngspice exited normally but wrote no raw file", reason=Reason.FAILED, log=log, netlist_path=netlist)
+    try:
+        plots = parse_raw(raw.read_bytes())
+    except RawFileError as exc:
+        raise simulator_error(exc.summary, reason=exc.reason, log=log, netlist_path=netlist) from None
+    return plots, log
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """Kill ngspice's process group and reap it (no zombie)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        process.kill()
+    except ProcessLookupError:
+        pass
+    process.communicate()
+
+
+_BANNER = re.compile(r"^(\*\*.*|\*+|Batch mode|Simulation output goes to rawfile:.*|Comments and warnings go to log-file:.*)$")
+
+
+def _read_log(run_dir: Path, stdout: bytes, stderr: bytes) -> str:
+    """ngspice's log file, then whatever it printed on stdout (banner dropped) and stderr."""
+    parts = []
+    log_file = run_dir / LOG_NAME
+    if log_file.exists():
+        parts.append(log_file.read_text(encoding="utf-8", errors="replace"))
+    out = [l for l in stdout.decode("utf-8", "replace").splitlines() if l.strip() and not _BANNER.match(l.strip())]
+    if out:
+        parts.append("\n".join(out))
+    err = stderr.decode("utf-8", "replace").strip()
+    if err:
+        parts.append(err)
+    return "\n".join(p.strip("\n") for p in parts if p.strip())
