@@ -100,6 +100,16 @@ C1 2 0 1u
 .end
 """
 
+STIFF = """a cubic conductance too stiff for the tolerances: the time step collapses
+V1 in 0 PULSE(0 1 0 1f 1f 1n 2n)
+R1 in n 1
+C1 n 0 1f
+B1 0 n I=1e9*v(n)^3
+.options reltol=1e-9
+.tran 1p 10n
+.end
+"""
+
 WARNINGS = """divider plus a resistor without value: ngspice warns and uses 1 mOhm
 V1 1 0 DC 3
 R1 1 2 1k
@@ -392,6 +402,8 @@ def test_netlist_input_forms(backend, tmp_path):
         assert op.v("2") == pytest.approx(2.0) and op.netlist_path == str(path)
     op = simulate(DIVIDER.replace(".end\n", ""), backend=backend)  # .end is added
     assert op.v("2") == pytest.approx(2.0) and op.netlist_path is None
+    op = simulate("\n" + DIVIDER.split("\n", 1)[1], backend=backend)  # blank title line
+    assert op.v("2") == pytest.approx(2.0)
 
 
 # ------------------------------------------------------------------------------ failures
@@ -432,6 +444,14 @@ def test_parse_error(backend, deck, said, tmp_path):
         simulate(deck, backend=backend, workdir=tmp_path)
     assert info.value.reason == "parse"
     assert "Error on line" in str(info.value)
+
+
+@pytest.mark.spice
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_timestep_too_small(backend, tmp_path):
+    with pytest.raises(SimulatorError, match="Timestep too small") as info:
+        simulate(STIFF, backend=backend, workdir=tmp_path)
+    assert info.value.reason == "timestep-too-small"
 
 
 def _processes_in(directory: Path) -> list[int]:

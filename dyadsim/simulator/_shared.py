@@ -31,8 +31,9 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import SimulatorError
 from ._rawfile import RawPlot, RawVariable
-from ._results import Reason, diagnose_log, simulator_error
+from ._results import Reason, clean_lines, diagnose_log, simulator_error
 from ._subprocess import INSTALL_HINT
 
 __all__ = ["get_engine", "shared_available", "engine_busy", "run_shared"]
@@ -108,14 +109,16 @@ def _make_engine_class():
             return exit_status
 
         # -- helpers ----------------------------------------------------------------------
-        def command(self, text: str) -> None:
-            """Run an ngspice command; failures show up in the captured lines, not here."""
+        def command(self, text: str) -> bool:
+            """Run an ngspice command; False if ngspice itself refused it (see the lines)."""
             try:
                 self.exec_command(text)
             except NgSpiceCommandError:
                 pass  # PySpice flags any stderr line, notes included; we diagnose ourselves
             except NameError as exc:  # ngSpice_Command returned non-zero
                 self._dyadsim_lines.append(f"stderr Error: ngspice command {text!r} failed ({exc})")
+                return False
+            return True
 
         def load(self, text: str) -> None:
             """Hand the netlist to ngspice (``ngSpice_Circ``); errors land in the lines."""
@@ -142,6 +145,9 @@ def _create_engine():
     if existing is not None:
         # Another part of the process already initialised libngspice through PySpice; a
         # second instance is impossible, so adopt that one.
+        # Its BGThreadRunning callback stays PySpice's (which returns None: cffi then prints
+        # "Exception ignored from cffi callback ... an integer is required" per run); it
+        # still stores ngspice's fl_exited in `_is_running`, which our property catches.
         if not isinstance(existing, cls):
             existing.__class__ = cls
             existing._setup_capture()
@@ -218,8 +224,11 @@ def run_shared(text: str, *, timeout: Optional[float]) -> tuple[list[RawPlot], s
             "use backend='subprocess' to have runaway runs killed",
             reason=Reason.TIMEOUT,
         )
-    title = text.lstrip("\n").split("\n", 1)[0].strip()
-    job = _Job(text, title)
+    title, _, body = text.partition("\n")
+    if not title.strip():
+        # PySpice drops empty lines, which would turn the first element into the title
+        text = "untitled\n" + body
+    job = _Job(text, title.strip())
     worker = threading.Thread(target=_work, args=(engine, job), name="dyadsim-ngspice-shared", daemon=True)
     try:
         worker.start()
@@ -236,7 +245,7 @@ def run_shared(text: str, *, timeout: Optional[float]) -> tuple[list[RawPlot], s
     if not finished:
         job.abandon.set()
         stopped = job.done.wait(_HALT_GRACE_S)
-        log = job.log if stopped else "\n".join(_clean(list(engine._dyadsim_lines)))
+        log = job.log if stopped else "\n".join(clean_lines(list(engine._dyadsim_lines)))
         detail = "" if stopped else (
             "; ngspice is still parsing or solving an .op, which cannot be interrupted in shared "
             "mode, so the engine stays busy until it ends (use backend='subprocess' to kill it)"
@@ -245,12 +254,6 @@ def run_shared(text: str, *, timeout: Optional[float]) -> tuple[list[RawPlot], s
     if job.error is not None:
         raise job.error
     return job.plots, job.log
-
-
-def _clean(lines: list[str]) -> list[str]:
-    from ._results import clean_lines
-
-    return clean_lines(lines)
 
 
 def _work(engine, job: _Job) -> None:
@@ -266,7 +269,8 @@ def _work(engine, job: _Job) -> None:
         if job.abandon.is_set():
             return
         engine._dyadsim_bg_done.clear()
-        engine.command("bg_run")
+        if not engine.command("bg_run"):
+            engine._dyadsim_bg_done.set()  # no background thread to wait for
         while not engine._dyadsim_bg_done.wait(0.05):
             if job.abandon.is_set():
                 engine.command("bg_halt")  # stops a transient; gives up on an .op after ~1 s
@@ -290,7 +294,7 @@ def _work(engine, job: _Job) -> None:
             engine.command("destroy all")
         finally:
             engine._dyadsim_capturing = False
-            job.log = "\n".join(_clean(engine._dyadsim_lines))
+            job.log = "\n".join(clean_lines(engine._dyadsim_lines))
             engine._dyadsim_lines = []
             if job.error is not None and not getattr(job.error, "log", ""):
                 job.error = simulator_error(job.error.summary, reason=job.error.reason, log=job.log)
@@ -299,8 +303,6 @@ def _work(engine, job: _Job) -> None:
 
 
 def _is_simulator_error(exc: BaseException) -> bool:
-    from ..errors import SimulatorError
-
     return isinstance(exc, SimulatorError) and hasattr(exc, "summary")
 
 
