@@ -11,7 +11,9 @@ of the steady state, and compare them with exact backprop.
 """
 
 from .errors import ConvergenceError, DyadsimError, DyadsimException, SimulatorError
-from .network import ACTIVATIONS, LOSSES, Network, load, mlp, random_dag
+from .network import (
+    ACTIVATIONS, LOSSES, AvgPool2d, Conv2d, Dense, Network, from_torch, load, mlp, random_dag, to_torch,
+)
 from .dynamics import (
     ContinuousResult, Gradients, RelaxResult, backprop, energy, flow, flow_jacobian, flow_md,
     relax, relax_continuous,
@@ -27,7 +29,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConvergenceError", "DyadsimError", "DyadsimException", "SimulatorError",
-    "ACTIVATIONS", "LOSSES", "Network", "load", "mlp", "random_dag",
+    "ACTIVATIONS", "LOSSES", "Network", "load", "mlp", "random_dag", "from_torch", "to_torch",
+    "Conv2d", "AvgPool2d", "Dense",
     "ContinuousResult", "Gradients", "RelaxResult", "backprop", "energy", "flow",
     "flow_jacobian", "flow_md", "relax", "relax_continuous",
     "Comparison", "angle", "compare",

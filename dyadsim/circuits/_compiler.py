@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..errors import DyadsimError
 from ._ir import Analysis, Call, Circuit, Kind, Num, Param, Volt
@@ -223,6 +224,9 @@ def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_s
     c.params = {"g": float(g), "tau": float(tau), "cap": Param("tau") * Param("g"),
                 "gain": float(gain)}
     gP, gainP = Param("g"), Param("gain")
+    # every connection of every edge (conv kernels repeat their shared weight here)
+    fwd = {e: sp.csr_matrix(net.edge_matrix(*e)) for e in net.edges}
+    bwd = {e: sp.csc_matrix(net.edge_matrix(*e)) for e in net.edges}
     ref = c.section("reference: the cost gain as a voltage, so a readout needs only the node voltages")
     ref.add(Kind.V, "gain", (GAIN_NODE, "0"), gainP, "V(gain_ref) = gain, V(tau_ref) = tau (in seconds)")
     ref.add(Kind.V, "tau", (TAU_NODE, "0"), Param("tau"), "V(gain_ref) = gain, V(tau_ref) = tau (in seconds)")
@@ -244,7 +248,7 @@ def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_s
             size = net.sizes[v]
             sec = c.section(f"layer {ids[v]}: {size} {act} neurons, inputs from "
                             + ", ".join(ids[p] for p in net.preds[v]) + sfx)
-            bias = net.params[("b", v)]
+            bias = net.bias_vector(v)
             is_out = v == net.output
             for i in range(size):
                 xn, zn = nm("x", v, i, b), nm("z", v, i, b)
@@ -258,35 +262,27 @@ def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_s
                     if bias[i] != 0.0:
                         sec.add(Kind.I, f"b_{un}", ("0", un), gP * float(bias[i]), cm)
                     for p in net.preds[v]:
-                        W = net.params[("W", p, v)]
-                        for k in range(net.sizes[p]):
-                            w = float(W[i, k])
-                            if w != 0.0:
-                                src = in_nodes[(b, k)] if p == net.input else nm("m", p, k, b)
-                                sec.add(Kind.G, f"{un}_{ids[p]}_{k}", ("0", un, src, "0"), gP * w, cm)
+                        for k, w in _row(fwd[(p, v)], i):
+                            src = in_nodes[(b, k)] if p == net.input else nm("m", p, k, b)
+                            sec.add(Kind.G, f"{un}_{ids[p]}_{k}", ("0", un, src, "0"), gP * w, cm)
                     cr = f"neuron {ids[v]}[{i}]: r = sum_c W_c^T s_c (backward sum)"
                     sec.add(Kind.R, f"{rn}", (rn, "0"), Num(1.0) / gP, cr)
                     for ch in net.succs[v]:
-                        W = net.params[("W", v, ch)]
-                        for j in range(net.sizes[ch]):
-                            w = float(W[j, i])
-                            if w != 0.0:
-                                sec.add(Kind.G, f"{rn}_{ids[ch]}_{j}", ("0", rn, nm("s", ch, j, b), "0"),
-                                        gP * w, cr)
+                        for j, w in _col(bwd[(v, ch)], i):
+                            sec.add(Kind.G, f"{rn}_{ids[ch]}_{j}", ("0", rn, nm("s", ch, j, b), "0"),
+                                    gP * w, cr)
                 else:
                     cm = f"neuron {ids[v]}[{i}]: u = sum_p W m_p + b, r = sum_c W_c^T s_c (B sums)"
                     expr = Num(float(bias[i]))
                     for p in net.preds[v]:
-                        W = net.params[("W", p, v)]
-                        for k in range(net.sizes[p]):
+                        for k, w in _row(fwd[(p, v)], i):
                             src = in_nodes[(b, k)] if p == net.input else nm("m", p, k, b)
-                            expr = expr + Num(float(W[i, k])) * Volt(src)
+                            expr = expr + Num(w) * Volt(src)
                     sec.add(Kind.BV, un, (un, "0"), expr, cm)
                     expr = Num(0.0)
                     for ch in net.succs[v]:
-                        W = net.params[("W", v, ch)]
-                        for j in range(net.sizes[ch]):
-                            expr = expr + Num(float(W[j, i])) * Volt(nm("s", ch, j, b))
+                        for j, w in _col(bwd[(v, ch)], i):
+                            expr = expr + Num(w) * Volt(nm("s", ch, j, b))
                     sec.add(Kind.BV, rn, (rn, "0"), expr, cm)
                 u = Volt(un)
                 # m, s
@@ -333,6 +329,18 @@ def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_s
     nl.stats = c.stats()
     nl.compile_time = time.perf_counter() - t0
     return nl
+
+
+def _row(M, i):
+    """(column, value) of the nonzeros of row i of a CSR matrix."""
+    lo, hi = M.indptr[i], M.indptr[i + 1]
+    return zip(M.indices[lo:hi].tolist(), M.data[lo:hi].tolist())
+
+
+def _col(M, j):
+    """(row, value) of the nonzeros of column j of a CSC matrix."""
+    lo, hi = M.indptr[j], M.indptr[j + 1]
+    return zip(M.indices[lo:hi].tolist(), M.data[lo:hi].tolist())
 
 
 def _cost_grad_expr(net, i, b, B, nm, tgt_nodes):

@@ -98,3 +98,35 @@ def _inputs_of(net, op):
     B = _n_samples(net, op)
     _, _, _, X0, Y = _states_from(net, op.v, B)
     return X0, Y
+
+
+@cli.command("import-torch")
+@click.argument("model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--input-shape", required=True, help="Shape of one sample, e.g. 1,8,8 or 64.")
+@click.option("--loss", default="mse", show_default=True, help="mse or xent.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Network file to write (.npz); then: dyadsim netlist --net OUT ...")
+def import_torch(model_file, input_shape, loss, out):
+    """Convert a saved PyTorch nn.Sequential (torch.save(model, FILE)) into a dyadsim network.
+
+    Loading a pickled module runs code from the file: only use files you trust.
+    """
+    import dyadsim
+    from ..errors import DyadsimError
+
+    try:
+        import torch
+    except ImportError:
+        raise DyadsimError("PyTorch is not installed: pip install 'dyadsim[torch]'") from None
+    try:
+        shape = tuple(int(s) for s in input_shape.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter(f"cannot read {input_shape!r}; use e.g. 1,8,8", param_hint="--input-shape")
+    try:
+        model = torch.load(model_file, weights_only=False, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - report any unpickling failure clearly
+        raise DyadsimError(f"cannot load a PyTorch model from {model_file}: {exc}") from None
+    net = dyadsim.from_torch(model, shape, loss=loss)
+    path = net.save(out)
+    click.echo(f"wrote {path}: depth L={net.depth}, {net.n} neurons, {net.n_params} parameters")
+    click.echo(f"next: dyadsim netlist --net {path} --out model.cir")

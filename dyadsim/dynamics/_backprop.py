@@ -26,9 +26,9 @@ def backprop(net, x, y, dtype=np.float64) -> Gradients:
     u = {}
     for v in net.nodes:
         uv = np.empty((B, net.sizes[v]), dtype=dtype)
-        uv[:] = net.params[("b", v)]
+        uv[:] = net.bias_vector(v, dtype)
         for p in net.preds[v]:
-            uv += a[p] @ net.params[("W", p, v)].astype(dtype, copy=False).T
+            uv += net.edge_forward(p, v, a[p], dtype)
         u[v] = uv
         a[v] = net.activations[v].f(uv)
     loss = float(np.mean(net.loss.value(a[net.output], Y)))
@@ -39,12 +39,15 @@ def backprop(net, x, y, dtype=np.float64) -> Gradients:
         else:
             dv = np.zeros((B, net.sizes[v]), dtype=dtype)
             for c in net.succs[v]:
-                dv += delta[c] @ net.params[("W", v, c)].astype(dtype, copy=False)
+                W = net.params.get(("W", v, c))
+                dv += net.edge_ops[(v, c)].backward(None if W is None else W.astype(dtype, copy=False), delta[c])
         delta[v] = net.activations[v].df(u[v]) * dv
     grads = Gradients(loss=loss, method="backprop")
     for key in net.params:
         if key[0] == "W":
-            grads[key] = delta[key[2]].T @ a[key[1]] / B
+            p, v = key[1], key[2]
+            W = net.params[key].astype(dtype, copy=False)
+            grads[key] = net.edge_ops[(p, v)].weight_grad(W, delta[v], a[p]) / B
         else:
-            grads[key] = delta[key[1]].sum(axis=0) / B
+            grads[key] = net.bias_grad(key[1], delta[key[1]]) / B
     return grads

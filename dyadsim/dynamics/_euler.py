@@ -218,8 +218,8 @@ def _relax_wavefront(sysm, n_steps, record):
         for v in fwd.get(k, ()):
             sl = sysm.slices[v]
             uv = u[:, sl]
-            for psl, W in sysm.in_edges[v]:
-                uv += (0.5 * (x[:, psl] + z[:, psl])) @ W.T
+            for psl, op, W in sysm.in_edges[v]:
+                uv += op.forward(W, 0.5 * (x[:, psl] + z[:, psl]))
             act = sysm.acts[v]
             dm = act.f(uv) - 0.5 * (x[:, sl] + z[:, sl])
             x[:, sl] += dm
@@ -229,8 +229,8 @@ def _relax_wavefront(sysm, n_steps, record):
             sl = sysm.slices[v]
             d_v = x[:, sl] - z[:, sl]
             dd = -d_v
-            for csl, W in sysm.out_edges[v]:
-                dd += (s1[:, csl] * (x[:, csl] - z[:, csl])) @ W
+            for csl, op, W in sysm.out_edges[v]:
+                dd += op.backward(W, s1[:, csl] * (x[:, csl] - z[:, csl]))
             if v == net.output:
                 dd += net.loss.grad(0.5 * (x[:, sl] + z[:, sl]), sysm.Y)
             x[:, sl] += 0.5 * dd

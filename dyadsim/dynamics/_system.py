@@ -33,13 +33,16 @@ class System:
         self.slices = {v: net.slice(v) for v in net.nodes}
         self.acts = {v: net.activations[v] for v in net.nodes}
         # internal edges (both ends stacked) as (src_slice, dst_slice, W) in topological order
-        self.edges = [
-            (self.slices[p], self.slices[v], net.params[("W", p, v)].astype(dtype, copy=False))
-            for v in net.nodes for p in net.preds[v] if p != inp
-        ]
-        self.in_edges = {v: [(self.slices[p], net.params[("W", p, v)].astype(dtype, copy=False))
+        def w(p, v):
+            W = net.params.get(("W", p, v))
+            return None if W is None else W.astype(dtype, copy=False)
+
+        # internal edges as (src_slice, dst_slice, op, W), in topological order
+        self.edges = [(self.slices[p], self.slices[v], net.edge_ops[(p, v)], w(p, v))
+                      for v in net.nodes for p in net.preds[v] if p != inp]
+        self.in_edges = {v: [(self.slices[p], net.edge_ops[(p, v)], w(p, v))
                              for p in net.preds[v] if p != inp] for v in net.nodes}
-        self.out_edges = {v: [(self.slices[c], net.params[("W", v, c)].astype(dtype, copy=False))
+        self.out_edges = {v: [(self.slices[c], net.edge_ops[(v, c)], w(v, c))
                               for c in net.succs[v]] for v in net.nodes}
         self.beta = net.beta(X).astype(dtype)
         self.out = self.slices[net.output]
@@ -50,8 +53,8 @@ class System:
         u = self.beta.copy()
         for v in (self.net.nodes if nodes is None else nodes):
             sl = self.slices[v]
-            for psl, W in self.in_edges[v]:
-                u[:, sl] += m[:, psl] @ W.T
+            for psl, op, W in self.in_edges[v]:
+                u[:, sl] += op.forward(W, m[:, psl])
         return u
 
     def apply(self, which, u, nodes=None, out=None):
@@ -66,8 +69,8 @@ class System:
     def backward(self, s) -> np.ndarray:
         """W^T s."""
         r = np.zeros_like(s)
-        for psl, vsl, W in self.edges:
-            r[:, psl] += s[:, vsl] @ W
+        for psl, vsl, op, W in self.edges:
+            r[:, psl] += op.backward(W, s[:, vsl])
         return r
 
     def cost_grad(self, m) -> np.ndarray:
@@ -107,12 +110,12 @@ class System:
         B = self.B
         for key in net.params:
             if key[0] == "b":
-                grads[key] = delta[:, self.slices[key[1]]].sum(axis=0) / B
-        for key in net.params:
-            if key[0] == "W":
+                grads[key] = net.bias_grad(key[1], delta[:, self.slices[key[1]]]) / B
+            else:
                 p, v = key[1], key[2]
                 a_p = self.X if p == net.input else m[:, self.slices[p]]
-                grads[key] = (delta[:, self.slices[v]].T @ a_p) / B
+                W = net.params[key].astype(self.dtype, copy=False)
+                grads[key] = net.edge_ops[(p, v)].weight_grad(W, delta[:, self.slices[v]], a_p) / B
         # keep the network's own parameter order
         ordered = Gradients({k: grads[k] for k in net.params}, method=method)
         if self.Y is not None:

@@ -4,8 +4,11 @@ from ._activations import ACTIVATIONS, Activation, get_activation
 from ._builders import mlp, parse_sizes, random_dag
 from ._losses import LOSSES, Loss, get_loss
 from ._network import Network, load
+from ._torch import from_torch, to_torch
+from ._edges import EDGE_OPS, AvgPool2d, Conv2d, Dense, EdgeOp
 
 __all__ = [
     "ACTIVATIONS", "Activation", "get_activation", "LOSSES", "Loss", "get_loss",
-    "Network", "load", "mlp", "random_dag", "parse_sizes",
+    "Network", "load", "mlp", "random_dag", "parse_sizes", "from_torch", "to_torch",
+    "EDGE_OPS", "EdgeOp", "Dense", "Conv2d", "AvgPool2d",
 ]

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 
 from ..errors import DyadsimError
 from ._activations import Activation, get_activation
+from ._edges import EdgeOp, make_edge_op
 from ._losses import Loss, get_loss
 
 __all__ = ["Network", "ParamKey", "load"]
@@ -133,12 +134,27 @@ class Network:
         self.loss: Loss = get_loss(loss)
 
         sizes = {}
+        shapes = {}
         for v, attrs in G.nodes(data=True):
             size = attrs.get("size")
+            shape = attrs.get("shape")
+            if shape is not None:
+                try:
+                    shape = tuple(int(d) for d in shape)
+                except (TypeError, ValueError):
+                    raise DyadsimError(f"node {v!r}: 'shape' must be a tuple of ints, got {shape!r}") from None
+                if not shape or min(shape) < 1:
+                    raise DyadsimError(f"node {v!r}: 'shape' must be positive ints, got {shape!r}")
+                if size is None:
+                    size = int(np.prod(shape))
+                elif int(np.prod(shape)) != size:
+                    raise DyadsimError(f"node {v!r}: 'size' {size} does not match 'shape' {shape}")
             if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)) or size < 1:
                 raise DyadsimError(f"node {v!r}: 'size' must be a positive int, got {size!r}")
             sizes[v] = int(size)
+            shapes[v] = shape if shape is not None else (int(size),)
         self.sizes = sizes
+        self.shapes = shapes
 
         act_in = G.nodes[self.input].get("activation")
         if act_in not in (None, "identity"):
@@ -146,7 +162,7 @@ class Network:
                 f"input node {self.input!r} must not have an activation (got {act_in!r}): "
                 "the input is clamped, not a neuron"
             )
-        if G.nodes[self.input].get("bias") is not None:
+        if G.nodes[self.input].get("bias") is not None and G.nodes[self.input].get("bias") is not False:
             raise DyadsimError(f"input node {self.input!r} must not have a bias")
 
         order = list(nx.lexicographical_topological_sort(G, key=str))
@@ -163,6 +179,7 @@ class Network:
         self.depth = int(depth[self.output])
 
         params: dict = {}
+        bias_mode: dict = {}
         activations = {}
         blocks = {}
         offset = 0
@@ -175,29 +192,48 @@ class Network:
             blocks[v] = _Block(v, i, sizes[v], offset, act, depth[v], rdepth[v])
             offset += sizes[v]
             bias = attrs.get("bias")
-            if bias is None:
-                b = np.zeros(sizes[v])
+            C = self.shapes[v][0]
+            if bias is False:
+                bias_mode[v] = None
+            elif bias is None:
+                bias_mode[v] = "full"
+                params[("b", v)] = np.zeros(sizes[v])
             else:
                 b = _as_float_array(bias, f"bias of node {v!r}")
-                if b.shape != (sizes[v],):
-                    raise DyadsimError(
-                        f"bias of node {v!r} has shape {b.shape}, expected ({sizes[v]},)"
-                    )
+                if b.shape == (sizes[v],):
+                    bias_mode[v] = "full"
+                elif len(self.shapes[v]) == 3 and b.shape == (C,):
+                    bias_mode[v] = "channel"  # one bias per channel, shared over positions
+                else:
+                    expect = f"({sizes[v]},)" + (f" or ({C},) (per channel)" if len(self.shapes[v]) == 3 else "")
+                    raise DyadsimError(f"bias of node {v!r} has shape {b.shape}, expected {expect}")
                 _check_finite(b, f"bias of node {v!r}")
-            params[("b", v)] = b
+                params[("b", v)] = b
+        edge_ops = {}
         for v in order[1:]:
             for p in sorted(G.predecessors(v), key=lambda q: order.index(q)):
-                w = G.edges[p, v].get("weight")
+                attrs = G.edges[p, v]
+                op = make_edge_op(attrs, self.shapes[p], sizes[v], f"{p!r} -> {v!r}")
+                edge_ops[(p, v)] = op
+                if not op.has_weight:
+                    continue
+                w = attrs.get("weight")
                 if w is None:
                     raise DyadsimError(f"edge {p!r} -> {v!r} has no 'weight' array")
                 W = _as_float_array(w, f"weight of edge {p!r} -> {v!r}")
-                if W.shape != (sizes[v], sizes[p]):
+                if W.shape != tuple(op.weight_shape):
+                    if op.kind == "dense":
+                        raise DyadsimError(
+                            f"weight of edge {p!r} -> {v!r} has shape {W.shape}, expected "
+                            f"({sizes[v]}, {sizes[p]}) = (size of {v!r}, size of {p!r})"
+                        )
                     raise DyadsimError(
-                        f"weight of edge {p!r} -> {v!r} has shape {W.shape}, expected "
-                        f"({sizes[v]}, {sizes[p]}) = (size of {v!r}, size of {p!r})"
+                        f"weight of {op.kind} edge {p!r} -> {v!r} has shape {W.shape}, expected {tuple(op.weight_shape)}"
                     )
                 _check_finite(W, f"weight of edge {p!r} -> {v!r}")
                 params[("W", p, v)] = W
+        self.edge_ops = edge_ops
+        self.bias_mode = bias_mode
         self.nodes = tuple(order[1:])
         self.activations = activations
         self.params = params
@@ -221,7 +257,7 @@ class Network:
     @property
     def edges(self) -> tuple:
         """(src, dst) pairs, grouped by destination in topological order."""
-        return tuple((k[1], k[2]) for k in self.params if k[0] == "W")
+        return tuple(self.edge_ops)
 
     @property
     def n_params(self) -> int:
@@ -237,6 +273,36 @@ class Network:
     def slice(self, node) -> slice:
         """The slice of the global state vector holding ``node``'s neurons."""
         return self.block(node).slice
+
+    def edge_matrix(self, src, dst):
+        """The linear map of edge src -> dst as a (size_dst, size_src) matrix acting on
+        flattened activations (dense ndarray for dense edges; scipy.sparse for structured
+        ones).  Use this, not ``params``, when every connection is needed (netlists)."""
+        return self.edge_ops[(src, dst)].matrix(self.params.get(("W", src, dst)))
+
+    def edge_forward(self, src, dst, a, dtype=None):
+        """The contribution of edge src -> dst to dst's pre-activation, (B, n_src) -> (B, n_dst)."""
+        W = self.params.get(("W", src, dst))
+        if W is not None and dtype is not None:
+            W = W.astype(dtype, copy=False)
+        return self.edge_ops[(src, dst)].forward(W, a)
+
+    def bias_vector(self, node, dtype=np.float64) -> np.ndarray:
+        """The bias of every neuron of a node, (size,) (zeros for a node without bias)."""
+        mode = self.bias_mode[node]
+        if mode is None:
+            return np.zeros(self.sizes[node], dtype=dtype)
+        b = self.params[("b", node)].astype(dtype, copy=False)
+        if mode == "channel":
+            return np.repeat(b, self.sizes[node] // b.shape[0])
+        return b
+
+    def bias_grad(self, node, delta) -> np.ndarray:
+        """sum_b dC/db of a node from delta (B, size), shaped like its bias parameter."""
+        g = delta.sum(axis=0)
+        if self.bias_mode[node] == "channel":
+            return g.reshape(self.shapes[node][0], -1).sum(axis=1)
+        return g
 
     def weight(self, src, dst) -> np.ndarray:
         return self.params[("W", src, dst)]
@@ -265,19 +331,17 @@ class Network:
     @property
     def W(self) -> sp.csr_matrix:
         """The global nilpotent weight matrix (n x n, sparse, strictly block-lower-triangular)."""
-        rows, cols, vals = [], [], []
-        for (kind, *rest), arr in self.params.items():
-            if kind != "W" or rest[0] == self.input:
+        blocks = []
+        for (src, dst) in self.edges:
+            if src == self.input:
                 continue
-            src, dst = rest
-            r, c = np.indices(arr.shape)
-            rows.append((r + self._blocks[dst].offset).ravel())
-            cols.append((c + self._blocks[src].offset).ravel())
-            vals.append(arr.ravel())
-        if not rows:
+            M = sp.coo_matrix(self.edge_matrix(src, dst))
+            blocks.append((M.row + self._blocks[dst].offset, M.col + self._blocks[src].offset, M.data))
+        if not blocks:
             return sp.csr_matrix((self.n, self.n))
         return sp.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            (np.concatenate([b[2] for b in blocks]),
+             (np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks]))),
             shape=(self.n, self.n),
         )
 
@@ -287,21 +351,30 @@ class Network:
         out = np.zeros((X.shape[0], self.n), dtype=dtype)
         for v in self.nodes:
             sl = self._blocks[v].slice
-            out[:, sl] = self.params[("b", v)]
+            out[:, sl] = self.bias_vector(v)
             if self.input in self.preds[v]:
-                out[:, sl] += X @ self.params[("W", self.input, v)].T
+                out[:, sl] += self.edge_forward(self.input, v, X)
         return out[0] if single else out
 
     # ------------------------------------------------------------------ input checks
     def check_x(self, x, name="x") -> tuple[np.ndarray, bool]:
-        """Validate an input batch: returns (array (B, n_in), was_single_sample)."""
+        """Validate an input batch: returns (array (B, n_in), was_single_sample).
+
+        Accepts (n_in,) or (B, n_in), and for an input node with a (C, H, W) shape also the
+        shaped forms (C, H, W) and (B, C, H, W) (flattened row-major, as PyTorch does).
+        """
         X = _as_float_array(x, f"input {name}")
+        shape = self.shapes[self.input]
         single = X.ndim == 1
-        if single:
+        if len(shape) > 1 and X.shape[-len(shape):] == shape and X.ndim in (len(shape), len(shape) + 1):
+            single = X.ndim == len(shape)
+            X = X.reshape((1 if single else X.shape[0], self.n_in))
+        elif single:
             X = X[None, :]
         if X.ndim != 2 or X.shape[1] != self.n_in:
+            shaped = f" or {shape} / (batch, *{shape})" if len(shape) > 1 else ""
             raise DyadsimError(
-                f"input {name} has shape {np.shape(x)}, expected ({self.n_in},) or (batch, {self.n_in}) "
+                f"input {name} has shape {np.shape(x)}, expected ({self.n_in},) or (batch, {self.n_in}){shaped} "
                 f"for input node {self.input!r} of size {self.n_in}"
             )
         if X.shape[0] == 0:
@@ -349,13 +422,34 @@ class Network:
     def to_graph(self) -> nx.DiGraph:
         """A new networkx DiGraph describing this network (arrays are copies)."""
         G = nx.DiGraph()
-        G.add_node(self.input, size=self.n_in)
+        G.add_node(self.input, **self._node_attrs(self.input))
         for v in self.nodes:
-            G.add_node(v, size=self.sizes[v], activation=self.activations[v].name,
-                       bias=self.params[("b", v)].copy())
+            attrs = self._node_attrs(v)
+            attrs["activation"] = self.activations[v].name
+            attrs["bias"] = self.params[("b", v)].copy() if self.bias_mode[v] else False
+            G.add_node(v, **attrs)
         for (s, d) in self.edges:
-            G.add_edge(s, d, weight=self.params[("W", s, d)].copy())
+            attrs = self._edge_attrs(s, d)
+            if ("W", s, d) in self.params:
+                attrs["weight"] = self.params[("W", s, d)].copy()
+            G.add_edge(s, d, **attrs)
         return G
+
+    def _node_attrs(self, v) -> dict:
+        attrs = {"size": self.sizes[v]}
+        if len(self.shapes[v]) > 1:
+            attrs["shape"] = tuple(self.shapes[v])
+        return attrs
+
+    def _edge_attrs(self, s, d) -> dict:
+        desc = self.edge_ops[(s, d)].to_dict()
+        if desc["op"] == "dense":
+            return {}
+        out = {"op": desc["op"]}
+        for k in ("stride", "padding", "kernel_size"):
+            if k in desc and not (desc["op"] == "conv2d" and k == "kernel_size"):
+                out[k] = tuple(desc[k])
+        return out
 
     def copy(self) -> "Network":
         return Network.from_graph(self.to_graph(), loss=self.loss.name)
@@ -371,17 +465,20 @@ class Network:
             "version": _FORMAT_VERSION,
             "loss": self.loss.name,
             "nodes": [
-                {"name": v, "size": self.sizes[v],
-                 "activation": None if v == self.input else self.activations[v].name}
+                {"name": v, "size": self.sizes[v], "shape": list(self.shapes[v]),
+                 "activation": None if v == self.input else self.activations[v].name,
+                 "bias": v != self.input and self.bias_mode[v] is not None}
                 for v in nodes
             ],
-            "edges": [[nodes.index(s), nodes.index(d)] for (s, d) in self.edges],
+            "edges": [[nodes.index(s), nodes.index(d), self._edge_attrs(s, d)] for (s, d) in self.edges],
         }
         arrays = {"__graph__": np.array(json.dumps(desc))}
         for k, (s, d) in enumerate(self.edges):
-            arrays[f"W{k}"] = self.params[("W", s, d)]
+            if ("W", s, d) in self.params:
+                arrays[f"W{k}"] = self.params[("W", s, d)]
         for v in self.nodes:
-            arrays[f"b{nodes.index(v)}"] = self.params[("b", v)]
+            if self.bias_mode[v] is not None:
+                arrays[f"b{nodes.index(v)}"] = self.params[("b", v)]
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as fh:
             np.savez(fh, **arrays)
@@ -405,12 +502,18 @@ def load(path: str | PathLike) -> Network:
     names = [nd["name"] for nd in desc["nodes"]]
     for i, nd in enumerate(desc["nodes"]):
         attrs = {"size": nd["size"]}
+        if len(nd.get("shape", [])) > 1:
+            attrs["shape"] = tuple(nd["shape"])
         if nd["activation"] is not None:
             attrs["activation"] = nd["activation"]
-            attrs["bias"] = arrays[f"b{i}"]
+            attrs["bias"] = arrays[f"b{i}"] if nd.get("bias", True) else False
         G.add_node(nd["name"], **attrs)
-    for k, (i, j) in enumerate(desc["edges"]):
-        G.add_edge(names[i], names[j], weight=arrays[f"W{k}"])
+    for k, edge in enumerate(desc["edges"]):
+        i, j = edge[0], edge[1]
+        attrs = dict(edge[2]) if len(edge) > 2 else {}
+        if f"W{k}" in arrays:
+            attrs["weight"] = arrays[f"W{k}"]
+        G.add_edge(names[i], names[j], **attrs)
     return Network.from_graph(G, loss=desc["loss"])
 
 
@@ -420,9 +523,9 @@ def _forward(net: Network, X: np.ndarray):
     a = {net.input: X}
     u = {}
     for v in net.nodes:
-        uv = np.broadcast_to(net.params[("b", v)].astype(dtype, copy=False), (X.shape[0], net.sizes[v])).copy()
+        uv = np.broadcast_to(net.bias_vector(v, dtype), (X.shape[0], net.sizes[v])).copy()
         for p in net.preds[v]:
-            uv += a[p] @ net.params[("W", p, v)].astype(dtype, copy=False).T
+            uv += net.edge_forward(p, v, a[p], dtype)
         u[v] = uv
         a[v] = net.activations[v].f(uv)
     return u, a

@@ -1,0 +1,196 @@
+"""Import from and export to PyTorch (optional: ``pip install dyadsim[torch]``).
+
+Supported: ``torch.nn.Sequential`` (nested Sequentials are flattened) of Linear, Conv2d,
+AvgPool2d, Flatten and the activations Tanh, Sigmoid, ReLU, Softplus, Identity.  Each
+Linear/Conv2d/AvgPool2d becomes a layer node (named after its module path, e.g. ``"0"``)
+whose activation is the activation module that follows it (identity if none); Flatten is
+free because dyadsim stores activations flattened in PyTorch's (C, H, W) order.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+
+from ..errors import DyadsimError
+from ._network import Network
+
+__all__ = ["from_torch", "to_torch"]
+
+_ACT_MODULES = {"Tanh": "tanh", "Sigmoid": "sigmoid", "ReLU": "relu", "Softplus": "softplus",
+                "Identity": "identity"}
+_SUPPORTED = ("Linear", "Conv2d", "AvgPool2d", "Flatten", *_ACT_MODULES)
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - depends on the machine
+        raise DyadsimError(
+            "PyTorch is not installed; it is an optional extra: pip install 'dyadsim[torch]' "
+            "(or pip install torch)"
+        ) from None
+    return torch
+
+
+def _leaves(module, prefix=""):
+    torch = _torch()
+    if isinstance(module, torch.nn.Sequential):
+        for name, child in module.named_children():
+            yield from _leaves(child, f"{prefix}{name}" if not prefix else f"{prefix}.{name}")
+    else:
+        yield (prefix or type(module).__name__.lower()), module
+
+
+def _np(t):
+    return t.detach().cpu().double().numpy().copy()
+
+
+def _walk(module, input_shape):
+    """Yield (kind, name, module, attrs) for each layer-creating module, with activations."""
+    torch = _torch()
+    if not isinstance(module, torch.nn.Module):
+        raise DyadsimError(f"from_torch needs a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(module, torch.nn.Sequential):
+        raise DyadsimError(
+            f"from_torch supports torch.nn.Sequential models; got {type(module).__name__} "
+            "(wrap your layers in nn.Sequential)"
+        )
+    return list(_leaves(module))
+
+
+def from_torch(module, input_shape, loss="mse") -> Network:
+    """Build a :class:`Network` from a PyTorch ``nn.Sequential``.
+
+    ``input_shape`` is the shape of one sample without the batch axis: ``(C, H, W)`` for
+    conv nets, ``(n,)`` or ``n`` for dense ones.  Weights are copied (float64).  Gradients
+    of the result use PyTorch's parameter shapes: Linear (out, in), Conv2d
+    (C_out, C_in, kh, kw), biases (out,) / (C_out,).
+    """
+    torch = _torch()
+    if isinstance(input_shape, (int, np.integer)):
+        input_shape = (int(input_shape),)
+    input_shape = tuple(int(d) for d in input_shape)
+    G = nx.DiGraph()
+    G.add_node("input", **({"shape": input_shape} if len(input_shape) > 1 else {"size": input_shape[0]}))
+    cur, cur_shape = "input", input_shape
+    has_act = True  # the input takes no activation
+    for name, m in _walk(module, input_shape):
+        kind = type(m).__name__
+        where = f"module {name!r} ({kind})"
+        if kind in _ACT_MODULES:
+            if has_act:
+                raise DyadsimError(
+                    f"{where}: an activation must follow a Linear, Conv2d or AvgPool2d layer "
+                    "(two activations in a row, or one on the input, are not supported)"
+                )
+            if kind == "Softplus" and (m.beta != 1 or m.threshold < 20):
+                raise DyadsimError(f"{where}: only Softplus(beta=1, threshold>=20) is supported")
+            G.nodes[cur]["activation"] = _ACT_MODULES[kind]
+            has_act = True
+            continue
+        if kind == "Flatten":
+            if m.start_dim != 1 or m.end_dim != -1:
+                raise DyadsimError(f"{where}: only Flatten(start_dim=1, end_dim=-1) is supported")
+            cur_shape = (int(np.prod(cur_shape)),)
+            continue
+        node = str(name)
+        if kind == "Linear":
+            n_in = int(np.prod(cur_shape))
+            if len(cur_shape) != 1:
+                raise DyadsimError(f"{where}: a Linear layer needs a flat input; add nn.Flatten() before it")
+            if m.in_features != n_in:
+                raise DyadsimError(f"{where}: in_features={m.in_features} but the previous layer has {n_in} outputs")
+            G.add_node(node, size=m.out_features, activation="identity",
+                       bias=_np(m.bias) if m.bias is not None else False)
+            G.add_edge(cur, node, weight=_np(m.weight))
+            cur_shape = (m.out_features,)
+        elif kind == "Conv2d":
+            if len(cur_shape) != 3:
+                raise DyadsimError(f"{where}: Conv2d needs a (C, H, W) input, the previous layer gives {cur_shape}")
+            if m.groups != 1 or tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros" or isinstance(m.padding, str):
+                raise DyadsimError(f"{where}: only groups=1, dilation=1, numeric zero padding are supported")
+            from ._edges import Conv2d as ConvOp
+
+            op = ConvOp(cur_shape, m.out_channels, m.kernel_size, m.stride, m.padding)
+            G.add_node(node, shape=op.out_shape, activation="identity",
+                       bias=_np(m.bias) if m.bias is not None else False)
+            G.add_edge(cur, node, op="conv2d", weight=_np(m.weight), stride=tuple(m.stride),
+                       padding=tuple(m.padding))
+            cur_shape = op.out_shape
+        elif kind == "AvgPool2d":
+            if len(cur_shape) != 3:
+                raise DyadsimError(f"{where}: AvgPool2d needs a (C, H, W) input, the previous layer gives {cur_shape}")
+            if m.ceil_mode or not m.count_include_pad or m.divisor_override is not None:
+                raise DyadsimError(f"{where}: only ceil_mode=False, count_include_pad=True, no divisor_override")
+            from ._edges import AvgPool2d as PoolOp
+
+            op = PoolOp(cur_shape, m.kernel_size, m.stride, m.padding)
+            G.add_node(node, shape=op.out_shape, activation="identity", bias=False)
+            G.add_edge(cur, node, op="avgpool2d", kernel_size=op.kernel_size, stride=op.stride,
+                       padding=op.padding)
+            cur_shape = op.out_shape
+        else:
+            raise DyadsimError(
+                f"{where} is not supported by from_torch; supported layers: {', '.join(_SUPPORTED)}"
+            )
+        cur = node
+        has_act = False
+    if cur == "input":
+        raise DyadsimError("the model has no Linear, Conv2d or AvgPool2d layer")
+    return Network.from_graph(G, loss=loss)
+
+
+def to_torch(net: Network, module=None):
+    """Export a network's parameters to PyTorch.
+
+    With ``module`` (e.g. the one it was imported from), copy the weights into it in place
+    and return it.  Without, build an ``nn.Sequential`` (chain-shaped networks only).
+    """
+    torch = _torch()
+    if module is not None:
+        leaves = dict(_walk(module, None))
+        for v in net.nodes:
+            m = leaves.get(str(v))
+            if m is None:
+                raise DyadsimError(f"the module has no layer named {v!r} to receive its parameters")
+            (p,) = net.preds[v] if len(net.preds[v]) == 1 else (None,)
+            with torch.no_grad():
+                if ("W", p, v) in net.params:
+                    m.weight.copy_(torch.as_tensor(net.params[("W", p, v)], dtype=m.weight.dtype))
+                if ("b", v) in net.params and getattr(m, "bias", None) is not None:
+                    m.bias.copy_(torch.as_tensor(net.params[("b", v)], dtype=m.bias.dtype))
+        return module
+    layers = []
+    prev = net.input
+    for v in net.nodes:
+        if net.preds[v] != (prev,):
+            raise DyadsimError(
+                f"to_torch without a module builds an nn.Sequential and needs a chain; layer {v!r} "
+                f"has inputs {list(net.preds[v])} (pass module=... to copy weights into your own model)"
+            )
+        op = net.edge_ops[(prev, v)]
+        bias = ("b", v) in net.params
+        if op.kind == "dense":
+            if len(net.shapes[prev]) > 1:
+                layers.append(torch.nn.Flatten())
+            lin = torch.nn.Linear(net.sizes[prev], net.sizes[v], bias=bias, dtype=torch.float64)
+            layers.append(lin)
+        elif op.kind == "conv2d":
+            lin = torch.nn.Conv2d(op.in_shape[0], op.out_shape[0], op.kernel_size, op.stride, op.padding,
+                                  bias=bias, dtype=torch.float64)
+            layers.append(lin)
+        else:
+            lin = torch.nn.AvgPool2d(op.kernel_size, op.stride, op.padding)
+            layers.append(lin)
+        with torch.no_grad():
+            if ("W", prev, v) in net.params:
+                lin.weight.copy_(torch.as_tensor(net.params[("W", prev, v)]))
+            if bias:
+                lin.bias.copy_(torch.as_tensor(net.params[("b", v)]))
+        act = net.activations[v].name
+        if act != "identity":
+            layers.append({"tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid, "relu": torch.nn.ReLU,
+                           "softplus": torch.nn.Softplus}[act]())
+        prev = v
+    return torch.nn.Sequential(*layers)
