@@ -56,18 +56,20 @@ _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 def layer_identifier(name, taken: set) -> str:
     """A netlist-safe, unique, readable identifier for a layer name.
 
-    Lowercased (ngspice is case-insensitive); any run of other characters becomes one
-    '_'; names that had to change, or collide, get a numeric suffix.  The result can never
-    contain whitespace, a newline, '.', '{', '=' or anything else with meaning to ngspice.
+    Lowercase letters and digits only (ngspice is case-insensitive; '_' is kept for the
+    separators of node and element names, so that ``kind_layer_index`` always parses one
+    way), starting with a letter; names that collide get a numeric suffix ``n1``, ``n2``...
+    The result can never contain whitespace, a newline, '.', '{', '=' or anything else with
+    meaning to ngspice.
     """
     raw = str(name)
-    base = _NON_ALNUM.sub("_", raw.lower()).strip("_")[:40] or "layer"
+    base = _NON_ALNUM.sub("", raw.lower())[:40] or "layer"
     if not base[0].isalpha():
         base = "l" + base
     cand = base
     k = 1
     while cand in taken:
-        cand = f"{base}_{k}"
+        cand = f"{base}n{k}"
         k += 1
     taken.add(cand)
     return cand
@@ -205,7 +207,7 @@ def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_s
         return node_name(kind, ids[v], i, b, B)
 
     cap = tau * g
-    c = Circuit(title=title or f"dyadsim DBP circuit: {L}-deep network, {net.n} neurons, "
+    c = Circuit(title=title or f"DBP circuit: {L}-deep network, {net.n} neurons, "
                                f"{B} sample(s), analysis {analysis}")
     sizes = " -> ".join(f"{ids[v]}({net.sizes[v]}{'' if v == net.input else ', ' + net.activations[v].name})"
                         for v in (net.input,) + net.nodes)

@@ -27,7 +27,7 @@ def safe_identifier(text: str) -> str:
     Everything that reaches a netlist as a name goes through here, so no user text can
     add a line, a card or a ``.control`` command.
     """
-    if not isinstance(text, str) or not _SAFE.match(text) or len(text) > 200:
+    if not isinstance(text, str) or not _SAFE.fullmatch(text) or len(text) > 200:
         raise DyadsimError(f"unsafe netlist identifier {text!r}")
     return text
 

@@ -56,7 +56,9 @@ class Netlister:
         self._line(f"{self.comment_prefix} {format_comment(text)}".rstrip())
 
     def write_title(self, circuit):
-        self._line(format_comment(circuit.title))
+        # ngspice may read a first line that looks like a card ('.include ...', '*ng_script')
+        # as one: the title always starts with a fixed word
+        self._line("dyadsim: " + format_comment(circuit.title))
 
     def write_header(self, circuit):
         for line in circuit.header:

@@ -76,7 +76,21 @@ def readout(net, result, *, gain=None, method="spice") -> Gradients:
     sysm = System(net, X0, Y)
     m = 0.5 * (X + Z)
     d = (X - Z) / gain
+    _check_belongs(sysm, m, U)
     return sysm.readout(m, d, u=U, method=method)
+
+
+def _check_belongs(sysm, m, U, rtol=1e-4):
+    """The circuit's pre-activations must be W m + b of *this* network: catches a result
+    read out with another network whose layer names happen to match."""
+    expect = sysm.preact(m)
+    scale = max(float(np.max(np.abs(expect))), 1e-12)
+    err = float(np.max(np.abs(expect - U))) / scale
+    if err > rtol:
+        raise DyadsimError(
+            f"the circuit's pre-activation voltages differ from W m + b of this network by {err:.2g} "
+            "(relative): the result was not simulated from this network's netlist"
+        )
 
 
 def settling_time(t, err, tol=1e-6) -> float:

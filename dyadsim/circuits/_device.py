@@ -1,0 +1,661 @@
+"""Device-level netlist dialect: crossbars, op-amps and bipolar transistors (docs/device_circuit.md).
+
+The behavioural compiler (:mod:`._compiler`) states each neuron's equations as nonlinear
+controlled sources.  This dialect builds the same steady state from devices a hardware
+designer would use:
+
+* **weights**: resistor crossbars.  A signed weight is a pair of conductances
+  ``G+ - G- = w / R_unit``; ``G+`` comes from the *inverted* copy of the source voltage and
+  ``G-`` from the source voltage itself, both into the virtual-ground node of an op-amp
+  transimpedance stage (an inverting summer), so the stage's output is ``+sum w v``.
+  Every neuron's activation m (and, backwards, s) therefore exists twice: ``m`` and
+  ``mb = -m``.  ``g_offset`` adds the same baseline conductance to both halves, like a
+  differential memristor pair.
+* **amplifiers**: op-amps as high-gain voltage-controlled voltage sources (``E``); finite
+  gain and an input offset are options (:class:`OpAmp`).
+* **tanh**: a bipolar differential pair (``Q`` elements, ngspice's Gummel-Poon model) with a
+  PNP current-mirror load and a tail current ``I_tail``:  ``I_c1 - I_c2 = I_tail *
+  tanh(V_d / 2V_T)``.  Two matched resistive dividers to a common-mode rail give
+  ``V_d = 2 V_T * u`` (V_T = kT/q at the simulated temperature), and a transimpedance
+  stage with ``R_T = 1 V / I_tail`` turns the mirror's output current into
+  ``V(sgb) = -tanh(u)``.
+* **the product sigma'(u) * d**: the one behavioural block, an ideal four-quadrant
+  multiplier (AD633 / Gilbert-cell stand-in) computing ``s = (V(x) - V(z)) * (1 - V(sgb)^2)``
+  from the *device-made* tanh.  Identity neurons use an op-amp difference amplifier instead.
+* **state pair**: each of x and z is an op-amp leaky integrator (``R_unit || C`` feedback,
+  ``tau = R_unit C``) summing ``sigma(u)`` with weight 1 and the backward sum ``r`` (and, on
+  the output layer, the cost ``gain * (m - y)``) with weight +-1/2.
+
+Node names of x, z, u, inputs, targets and the gain/tau reference sources are those of the
+behavioural dialect, so :func:`dyadsim.readout` reads either.  Supported: ``tanh`` and
+``identity`` activations, the ``mse`` loss.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import DyadsimError
+from ._compiler import (
+    DEFAULT_OPTIONS, GAIN_NODE, TAU_NODE, TRAN_OPTIONS, Netlist, layer_identifiers, node_name,
+    target_node,
+)
+from ._ir import Analysis, Circuit, Element, Kind, Num, Op, Param, Section, Volt, safe_identifier
+from ._writer import NgspiceNetlister, format_number
+
+__all__ = [
+    "compile_device_netlist", "OpAmp", "BJTModel", "DeviceKind", "Transistor", "NoiseSource",
+    "DeviceCircuit", "DeviceNetlister", "thermal_voltage", "write_circuit", "copy_circuit",
+    "IDEAL_OPAMP_GAIN", "DEVICE_ACTIVATIONS", "is_opamp", "is_weight",
+]
+
+#: ngspice 39's physical constants (src/include/ngspice/const.h, CODATA 2014): V_T must
+#: match the simulator's to the last digit, or tanh's argument is scaled wrongly.
+BOLTZMANN = 1.38064852e-23
+CHARGE = 1.6021766208e-19
+CELSIUS_TO_KELVIN = 273.15
+
+#: Open-loop gain that stands for an ideal op-amp (``OpAmp(gain=inf)``).  Closed-loop
+#: errors are ~ noise_gain / A; measured in docs/device_circuit.md.
+IDEAL_OPAMP_GAIN = 1e12
+
+DEVICE_ACTIVATIONS = ("tanh", "identity")
+
+#: ngspice puts ``gmin`` (default 1e-12 S) across every pn junction: a leakage that alone
+#: limits the ideal-device readout to ~6e-7 relative error (measured; docs/device_circuit.md).
+DEVICE_OPTIONS = {"gmin": 1e-18}
+
+#: rails (volts): PNP mirror supply, common mode of the pair's bases, tail current sink
+V_CC, V_CM, V_EE = 2.5, -1.0, -3.0
+
+#: prefixes of element names with a role the non-idealities look for
+OPAMP_PREFIX = "oa_"
+WEIGHT_PREFIX = "w_"
+
+
+def thermal_voltage(temp_celsius: float) -> float:
+    """kT/q in volts at ``temp_celsius``, with ngspice's constants."""
+    return BOLTZMANN * (temp_celsius + CELSIUS_TO_KELVIN) / CHARGE
+
+
+# --------------------------------------------------------------------------- IR extensions
+class DeviceKind(str, Enum):
+    """Element kinds beyond :class:`~._ir.Kind`; ``prefix`` is the SPICE letter."""
+
+    Q = "Q"  # bipolar transistor: nodes (collector, base, emitter), value Transistor
+    NOISE = "INOISE"  # transient noise current source: nodes (n+, n-), value NoiseSource
+
+    @property
+    def prefix(self) -> str:
+        return self.value[0]
+
+
+@dataclass(frozen=True)
+class Transistor:
+    """Value of a ``Q`` element: the ``.model`` it uses and its emitter area (scales IS)."""
+
+    model: str
+    area: float = 1.0
+
+
+@dataclass(frozen=True)
+class NoiseSource:
+    """Value of a transient noise source: white noise of ``rms`` amperes, a new sample every
+    ``dt`` seconds (ngspice ``trnoise(rms dt 0 0)``; one-sided PSD = 2 rms^2 dt)."""
+
+    rms: float
+    dt: float
+
+
+@dataclass
+class DeviceCircuit(Circuit):
+    """A :class:`~._ir.Circuit` with ``.model`` cards: ``models[name] = (type, {param: value})``."""
+
+    models: dict = field(default_factory=dict)
+    nodesets: dict = field(default_factory=dict)  # node -> volts: Newton's first guess (.nodeset)
+
+
+def _check_number(name, value, *, positive=False, nonneg=False, allow_inf=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise DyadsimError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        raise DyadsimError(f"{name} must be a finite number, got {value!r}")
+    if positive and not value > 0:
+        raise DyadsimError(f"{name} must be positive, got {value!r}")
+    if nonneg and value < 0:
+        raise DyadsimError(f"{name} must be >= 0, got {value!r}")
+    return value
+
+
+class DeviceNetlister(NgspiceNetlister):
+    """ngspice writer for circuits that may hold transistors, ``.model`` cards and
+    transient noise sources.  On a plain behavioural :class:`~._ir.Circuit` it writes
+    exactly what :class:`NgspiceNetlister` writes."""
+
+    def write_params(self, circuit):
+        super().write_params(circuit)
+        models = getattr(circuit, "models", None) or {}
+        if not models:
+            return
+        self.write_comment("device models (Gummel-Poon bipolar transistors)")
+        for name, (mtype, params) in models.items():
+            if mtype not in ("npn", "pnp"):
+                raise DyadsimError(f"unknown model type {mtype!r}")
+            body = " ".join(f"{safe_identifier(k)}={format_number(_check_number(k, v))}"
+                            for k, v in params.items())
+            self._line(f".model {safe_identifier(name)} {mtype}({body})")
+        self._line()
+
+    def write_initial_conditions(self, circuit):
+        super().write_initial_conditions(circuit)
+        nodesets = getattr(circuit, "nodesets", None) or {}
+        if not nodesets:
+            return
+        self.write_comment("first guess of the operating point at the transistor nodes (.nodeset)")
+        items = [f"v({safe_identifier(n)})={format_number(_check_number('nodeset', v))}"
+                 for n, v in nodesets.items()]
+        for i in range(0, len(items), 8):
+            self._line(".nodeset " + " ".join(items[i:i + 8]))
+        self._line()
+
+    def format_element(self, el: Element) -> str:
+        if el.kind is DeviceKind.Q:
+            t = el.value
+            nodes = " ".join(n if n == "0" else safe_identifier(n) for n in el.nodes)
+            area = _check_number("transistor area", t.area, positive=True)
+            return f"Q{safe_identifier(el.name)} {nodes} {safe_identifier(t.model)} area={format_number(area)}"
+        if el.kind is DeviceKind.NOISE:
+            ns = el.value
+            nodes = " ".join(n if n == "0" else safe_identifier(n) for n in el.nodes)
+            rms = _check_number("noise rms", ns.rms, nonneg=True)
+            dt = _check_number("noise dt", ns.dt, positive=True)
+            return (f"I{safe_identifier(el.name)} {nodes} DC 0 "
+                    f"trnoise({format_number(rms)} {format_number(dt)} 0 0)")
+        return super().format_element(el)
+
+
+def write_circuit(circuit: Circuit) -> str:
+    """Netlist text of a circuit (behavioural or device-level)."""
+    writer = DeviceNetlister()
+    writer.write(circuit)
+    return writer.stream.getvalue()
+
+
+def copy_circuit(circuit: Circuit) -> Circuit:
+    """A copy whose sections and element lists can be changed without touching the original
+    (elements are immutable and shared)."""
+    sections = [Section(s.title, list(s.elements), list(s.notes)) for s in circuit.sections]
+    return replace(circuit, header=list(circuit.header), params=dict(circuit.params),
+                   sections=sections, options=dict(circuit.options),
+                   initial_conditions=dict(circuit.initial_conditions), nodes=set(circuit.nodes),
+                   **({"models": {k: (t, dict(p)) for k, (t, p) in circuit.models.items()},
+                       "nodesets": dict(circuit.nodesets)}
+                      if isinstance(circuit, DeviceCircuit) else {}))
+
+
+def is_opamp(el: Element) -> bool:
+    """An op-amp of the device dialect (an ``E`` element named ``oa_*``)."""
+    return el.kind is Kind.E and el.name.startswith(OPAMP_PREFIX)
+
+
+def is_weight(el: Element) -> bool:
+    """A weight: a crossbar resistor (device dialect, named ``w_*``) or a weight VCCS
+    (behavioural dialect: every ``G`` element)."""
+    return (el.kind is Kind.R and el.name.startswith(WEIGHT_PREFIX)) or el.kind is Kind.G
+
+
+# --------------------------------------------------------------------------- device options
+@dataclass(frozen=True)
+class OpAmp:
+    """Every op-amp of a device netlist: open-loop ``gain`` (``inf``: ideal, written as
+    :data:`IDEAL_OPAMP_GAIN`) and the same input ``offset`` voltage in volts (a systematic
+    offset; random per-amplifier offsets are :class:`~dyadsim.circuits.AmplifierNonideal`)."""
+
+    gain: float = math.inf
+    offset: float = 0.0
+
+    def __post_init__(self):
+        g = _check_number("op-amp gain", self.gain, positive=True, allow_inf=True)
+        if g < 1:
+            raise DyadsimError(f"op-amp gain must be >= 1, got {g!r}")
+        _check_number("op-amp offset", self.offset)
+        if abs(self.offset) > 1.0:
+            raise DyadsimError(f"op-amp offset must be within +-1 V, got {self.offset!r}")
+
+    @property
+    def spice_gain(self) -> float:
+        return IDEAL_OPAMP_GAIN if math.isinf(self.gain) else float(self.gain)
+
+
+@dataclass(frozen=True)
+class BJTModel:
+    """Gummel-Poon parameters of every transistor (NPN pair, PNP mirror).
+
+    The default approaches an ideal exponential device: saturation current ``is_``, huge
+    forward beta, no Early effect (``vaf=inf``), no series resistances, no high-injection
+    knee.  :meth:`realistic` is a small-signal discrete-transistor-like set.
+    """
+
+    is_: float = 1e-16
+    bf: float = 1e9
+    br: float = 1.0
+    nf: float = 1.0
+    vaf: float = math.inf
+    ikf: float = math.inf
+    rb: float = 0.0
+    re: float = 0.0
+    rc: float = 0.0
+
+    def __post_init__(self):
+        for name in ("is_", "bf", "br", "nf"):
+            _check_number(f"BJT {name}", getattr(self, name), positive=True)
+        for name in ("vaf", "ikf"):
+            _check_number(f"BJT {name}", getattr(self, name), positive=True, allow_inf=True)
+        for name in ("rb", "re", "rc"):
+            _check_number(f"BJT {name}", getattr(self, name), nonneg=True)
+
+    @classmethod
+    def ideal(cls) -> "BJTModel":
+        return cls()
+
+    @classmethod
+    def realistic(cls) -> "BJTModel":
+        """beta 100, Early voltage 50 V, 100 ohm base, 1 ohm emitter, 10 ohm collector
+        resistance, knee current 10 mA (a generic small-signal transistor)."""
+        return cls(is_=1e-16, bf=100.0, br=1.0, vaf=50.0, ikf=10e-3, rb=100.0, re=1.0, rc=10.0)
+
+    def card(self) -> dict:
+        """``.model`` parameters (infinite ones are ngspice's defaults and left out)."""
+        out = {"is": self.is_, "bf": self.bf, "br": self.br, "nf": self.nf}
+        for name in ("vaf", "ikf"):
+            if math.isfinite(getattr(self, name)):
+                out[name] = getattr(self, name)
+        for name in ("rb", "re", "rc"):
+            if getattr(self, name) > 0:
+                out[name] = getattr(self, name)
+        return out
+
+
+# --------------------------------------------------------------------------- compiler
+def _edge_entries(M):
+    """(rows, cols, vals) of the nonzero entries of a dense or scipy.sparse edge matrix."""
+    if sp.issparse(M):
+        coo = sp.coo_matrix(M)
+        keep = coo.data != 0
+        return coo.row[keep], coo.col[keep], np.asarray(coo.data[keep], dtype=np.float64)
+    A = np.asarray(M, dtype=np.float64)
+    r, c = np.nonzero(A)
+    return r, c, A[r, c]
+
+
+class _Builder:
+    """Adds the stages of one device circuit to sections (internal)."""
+
+    def __init__(self, circuit, r_unit, opamp_gain, g_offset):
+        self.c = circuit
+        self.R = r_unit
+        self.A = opamp_gain
+        self.g_offset = g_offset
+
+    def res(self, sec, name, a, b, ohms, comment):
+        sec.add(Kind.R, name, (a, b), float(ohms), comment)
+
+    def opamp(self, sec, out, vneg, vpos="0", comment=""):
+        """E element: V(out) = A * (V(vpos) - V(vneg))."""
+        sec.add(Kind.E, OPAMP_PREFIX + out, (out, "0", vpos, vneg), float(self.A), comment)
+
+    def inverter(self, sec, out, inp, comment):
+        vg = "v" + out
+        self.res(sec, "i_" + out, inp, vg, self.R, comment)
+        self.res(sec, "f_" + out, out, vg, self.R, comment)
+        self.opamp(sec, out, vg, comment=comment)
+
+    def crossbar(self, sec, out, vg, terms, comment):
+        """Weighted inputs into virtual ground ``vg`` of the stage whose output is ``out``:
+        terms are (w, positive_source, negative_source); out = sum w * V(positive)."""
+        g0 = self.g_offset
+        for w, pos, neg in terms:
+            gp = g0 + max(w, 0.0)  # in units of 1/R_unit, from the inverted source
+            gn = g0 + max(-w, 0.0)  # from the source itself
+            if gp > 0:
+                self.res(sec, f"{WEIGHT_PREFIX}{out}_{neg}", neg, vg, self.R / gp, comment)
+            if gn > 0:
+                self.res(sec, f"{WEIGHT_PREFIX}{out}_{pos}", pos, vg, self.R / gn, comment)
+
+
+def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_unit=10e3,
+                           opamp=None, bjt=None, i_tail=100e-6, r_divider=100.0, g_offset=0.0,
+                           temp=27.0, t_stop=None, t_step=None, max_step=None, options=None,
+                           title=None) -> Netlist:
+    """Compile a network and a batch (x, y) into a device-level ngspice netlist.
+
+    Returns the same :class:`~dyadsim.circuits.Netlist` as
+    :func:`~dyadsim.compile_netlist`, so :func:`dyadsim.readout` works on its results.
+
+    Parameters
+    ----------
+    analysis : ``"op"`` or ``"tran"`` (relaxation from x = z = 0).
+    gain : cost gain; error voltages are ``gain * dC/da``.
+    tau : time constant ``R_unit * C`` of the x/z integrators, seconds.
+    r_unit : the unit resistance (ohms): weight w is the conductance ``|w| / r_unit``.
+    opamp : :class:`OpAmp` (default ideal).  bjt : :class:`BJTModel` (default near-ideal).
+    i_tail : tail current of every differential pair (amperes); the transimpedance is
+        ``1 V / i_tail``.
+    r_divider : the lower resistor of the input dividers (ohms); it sets their source
+        resistance, and so the error the base currents cause at finite beta.
+    g_offset : baseline conductance (units of ``1/r_unit``) added to both halves of every
+        weight pair (``0``: only the nonzero half exists).
+    temp : simulation temperature in Celsius (sets V_T; ``tnom`` is set equal).
+    t_stop, t_step, max_step, options, title : as in :func:`~dyadsim.compile_netlist`.
+    """
+    t0 = time.perf_counter()
+    opamp = OpAmp() if opamp is None else opamp
+    bjt = BJTModel() if bjt is None else bjt
+    if not isinstance(opamp, OpAmp):
+        raise DyadsimError(f"opamp must be an OpAmp, got {type(opamp).__name__}")
+    if not isinstance(bjt, BJTModel):
+        raise DyadsimError(f"bjt must be a BJTModel, got {type(bjt).__name__}")
+    if analysis not in ("op", "tran"):
+        raise DyadsimError(f"unknown analysis {analysis!r}; valid analyses: op, tran")
+    for nm_, val in (("gain", gain), ("tau", tau), ("r_unit", r_unit), ("i_tail", i_tail),
+                     ("r_divider", r_divider)):
+        _check_number(nm_, val, positive=True)
+    g_offset = _check_number("g_offset", g_offset, nonneg=True)
+    temp = _check_number("temp", temp)
+    if not -200.0 < temp < 500.0:
+        raise DyadsimError(f"temp must be a temperature in Celsius within (-200, 500), got {temp!r}")
+    if net.loss.name != "mse":
+        raise DyadsimError(
+            f"the device dialect supports the mse loss only (got {net.loss.name!r}); "
+            "use the behavioural compile_netlist for xent")
+    for v in net.nodes:
+        act = net.activations[v].name
+        if act not in DEVICE_ACTIVATIONS:
+            raise DyadsimError(
+                f"layer {v!r} has activation {act!r}: the device dialect builds "
+                f"{' and '.join(DEVICE_ACTIVATIONS)} neurons only; use the behavioural compile_netlist")
+    X, Y, _ = net.check_xy(x, y)
+    B = X.shape[0]
+    L = net.depth
+    ids = layer_identifiers(net)
+    R = float(r_unit)
+    vt = thermal_voltage(temp)
+    k_div = 2.0 * vt  # divider ratio: V_d = 2 V_T * u (u in volts)
+    r_a = r_divider * (1.0 - k_div) / k_div
+    r_t = 1.0 / i_tail  # transimpedance: 1 V per I_tail
+    cap = tau / R
+    # Newton's first guess: the ideal circuit's operating point, from the digital
+    # forward and backward passes (a mismatched circuit starts next to its answer)
+    nominal = _nominal_voltages(net, X, Y, gain, k_div, vt, bjt, i_tail)
+
+    def nm(kind, v, i, b):
+        return node_name(kind, ids[v], i, b, B)
+
+    c = DeviceCircuit(title=title or f"dyadsim DBP device-level circuit: {L}-deep network, {net.n} "
+                                     f"neurons, {B} sample(s), analysis {analysis}")
+    sizes = " -> ".join(f"{ids[v]}({net.sizes[v]}{'' if v == net.input else ', ' + net.activations[v].name})"
+                        for v in (net.input,) + net.nodes)
+    c.header = [
+        "Dyadic Backpropagation, device-level dialect (generated by dyadsim; do not edit by hand).",
+        f"network: {sizes}",
+        "edges: " + ", ".join(f"{ids[s]}->{ids[d]}" for s, d in net.edges),
+        f"loss: {net.loss.name}; depth L = {L}; samples in this netlist: {B}",
+        f"unit resistance {format_number(R)} ohm: weight w = conductance |w|/R_unit from the inverted (w>0)",
+        "  or the plain (w<0) copy of the source voltage into an op-amp virtual ground (inverting summer).",
+        f"tanh: NPN differential pair, PNP mirror load, I_tail = {format_number(i_tail)} A, dividers",
+        f"  V_d = 2 V_T u with V_T = {format_number(vt)} V (temp {format_number(temp)} C);",
+        "  V(sgb) = -tanh(u) from a transimpedance stage R_T = 1 V / I_tail.",
+        "s = (V(x) - V(z)) * (1 - V(sgb)^2): behavioural multiplier B-source (the only one).",
+        "x, z: op-amp leaky integrators, tau = R_unit * C; steady state = backprop (see docs/device_circuit.md).",
+    ]
+    c.params = {"g": 1.0 / R, "tau": float(tau), "cap": float(cap), "gain": float(gain)}
+    c.models = {"qn": ("npn", bjt.card()), "qp": ("pnp", bjt.card())}
+    bld = _Builder(c, R, opamp.spice_gain, g_offset)
+
+    ref = c.section("reference: the cost gain as a voltage, so a readout needs only the node voltages")
+    ref.add(Kind.V, "gain", (GAIN_NODE, "0"), Param("gain"), "V(gain_ref) = gain, V(tau_ref) = tau (in seconds)")
+    ref.add(Kind.V, "tau", (TAU_NODE, "0"), Param("tau"), "V(gain_ref) = gain, V(tau_ref) = tau (in seconds)")
+    rails = c.section("supply and bias rails")
+    rc = "rails: +-1 V references (biases), mirror supply, pair common mode, tail sink"
+    rails.add(Kind.V, "refp", ("vrefp", "0"), 1.0, rc)
+    rails.add(Kind.V, "refn", ("vrefn", "0"), -1.0, rc)
+    rails.add(Kind.V, "cc", ("vcc", "0"), V_CC, rc)
+    rails.add(Kind.V, "cm", ("vcm", "0"), V_CM, rc)
+    rails.add(Kind.V, "ee", ("vee", "0"), V_EE, rc)
+
+    node_map, aux_map, in_nodes, tgt_nodes = {}, {}, {}, {}
+    # nonzero entries of every edge: forward by destination row, backward by source column
+    fwd = {v: {i: [] for i in range(net.sizes[v])} for v in net.nodes}
+    bwd = {v: {i: [] for i in range(net.sizes[v])} for v in net.nodes}
+    for (p, v) in net.edges:
+        rows, cols, vals = _edge_entries(net.edge_matrix(p, v))
+        for i, k, w in zip(rows.tolist(), cols.tolist(), vals.tolist()):
+            fwd[v][i].append((p, k, w))
+            if p != net.input:
+                bwd[p][k].append((v, i, w))
+    has_bwd_in = {v: any(p != net.input for p in net.preds[v]) for v in net.nodes}
+
+    def pos_neg(p, k, b, kind="m"):
+        """(plain, inverted) voltage nodes of neuron k of layer p."""
+        if p == net.input:
+            return in_nodes[(b, k)], "inb" + in_nodes[(b, k)][2:]
+        return nm(kind, p, k, b), nm(kind + "b", p, k, b)
+
+    for b in range(B):
+        sfx = f" (sample {b})" if B > 1 else ""
+        sec = c.section(f"inputs x0, targets y and their inverted copies{sfx}")
+        for i in range(net.n_in):
+            n = nm("in", net.input, i, b)
+            in_nodes[(b, i)] = n
+            sec.add(Kind.V, n, (n, "0"), float(X[b, i]), "input voltages (clamped)")
+            bld.inverter(sec, "inb" + n[2:], n, "inverted input copy inb = -in (unity inverter)")
+        for i in range(net.n_out):
+            n = target_node(i, b, B)
+            tgt_nodes[(b, i)] = n
+            sec.add(Kind.V, n, (n, "0"), float(Y[b, i]), "target voltages")
+            bld.inverter(sec, "yb" + n[1:], n, "inverted target copy yb = -y (unity inverter)")
+        for v in net.nodes:
+            act = net.activations[v].name
+            size = net.sizes[v]
+            is_out = v == net.output
+            bias = net.params[("b", v)]
+            for i in range(size):
+                sec = c.section(f"neuron {ids[v]}[{i}] ({act}), inputs from "
+                                + ", ".join(ids[p] for p in net.preds[v]) + sfx)
+                n = {k: nm(k, v, i, b) for k in ("x", "z", "u", "m", "mb", "sgb", "s", "sb", "r", "rb")}
+                node_map[(b, v, i)] = (n["x"], n["z"])
+                aux_map[(b, v, i)] = {k: n[k] for k in ("m", "mb", "u", "sgb", "s", "sb", "r", "rb")}
+                # forward crossbar -> u
+                cm = "u = sum_p W m_p + b: crossbar into the virtual ground of an inverting summer"
+                vu = "v" + n["u"]
+                terms = [(w, *pos_neg(p, k, b)) for (p, k, w) in fwd[v][i]]
+                if bias[i] != 0.0:
+                    terms.append((float(bias[i]), "vrefp", "vrefn"))
+                for w, pos, neg in terms:
+                    if not math.isfinite(w):
+                        raise DyadsimError(f"non-finite weight into {ids[v]}[{i}]")
+                bld.crossbar(sec, n["u"], vu, terms, cm)
+                bld.res(sec, "f_" + n["u"], n["u"], vu, R, cm)
+                bld.opamp(sec, n["u"], vu, comment=cm)
+                # m and mb
+                cm = "mb = -(x+z)/2 (inverting summer), m = -mb (unity inverter)"
+                vmb = "v" + n["mb"]
+                bld.res(sec, "i_" + n["mb"] + "_x", n["x"], vmb, 2 * R, cm)
+                bld.res(sec, "i_" + n["mb"] + "_z", n["z"], vmb, 2 * R, cm)
+                bld.res(sec, "f_" + n["mb"], n["mb"], vmb, R, cm)
+                bld.opamp(sec, n["mb"], vmb, comment=cm)
+                bld.inverter(sec, n["m"], n["mb"], cm)
+                # nonlinearity -> sgb = -sigma(u)
+                if act == "tanh":
+                    _tanh_stage(sec, n, nm, v, i, b, r_a, r_divider, r_t, i_tail, bld)
+                else:
+                    bld.inverter(sec, n["sgb"], n["u"], "identity: sgb = -u (unity inverter)")
+                # s = sigma'(u) (x - z) and sb = -s, only if someone reads them
+                if has_bwd_in[v]:
+                    if act == "tanh":
+                        sec.add(Kind.BV, n["s"], (n["s"], "0"),
+                                (Volt(n["x"]) - Volt(n["z"])) * (Num(1.0) - Volt(n["sgb"]) * Volt(n["sgb"])),
+                                "s = (x - z)(1 - sgb^2): ideal four-quadrant multiplier (the one behavioural block)")
+                    else:
+                        # x - z = -(2 mb + 2 z): an inverting summer (a textbook difference
+                        # amplifier drives the op-amp's + input, and then A * (V+ - V-)
+                        # loses |V+| * eps * A of resolution in double precision)
+                        cm = "identity: s = x - z = -(2 mb + 2 z) (inverting summer)"
+                        vs_ = "v" + n["s"]
+                        bld.res(sec, "i_" + n["s"] + "_mb", n["mb"], vs_, R / 2, cm)
+                        bld.res(sec, "i_" + n["s"] + "_z", n["z"], vs_, R / 2, cm)
+                        bld.res(sec, "f_" + n["s"], n["s"], vs_, R, cm)
+                        bld.opamp(sec, n["s"], vs_, comment=cm)
+                    bld.inverter(sec, n["sb"], n["s"], "sb = -s (unity inverter)")
+                # backward crossbar -> r, rb
+                if net.succs[v]:
+                    cm = "r = sum_c W_c^T s_c: backward crossbar into an inverting summer; rb = -r"
+                    vr = "v" + n["r"]
+                    terms = [(w, *pos_neg(ch, j, b, "s")) for (ch, j, w) in bwd[v][i]]
+                    bld.crossbar(sec, n["r"], vr, terms, cm)
+                    bld.res(sec, "f_" + n["r"], n["r"], vr, R, cm)
+                    bld.opamp(sec, n["r"], vr, comment=cm)
+                    bld.inverter(sec, n["rb"], n["r"], cm)
+                # the state pair: leaky integrators
+                for state, sign in (("x", +1), ("z", -1)):
+                    cm = (f"{state}: leaky integrator, tau dV/dt = sigma(u) {'+' if sign > 0 else '-'} (r + c)/2 - V"
+                          + ("  with c = gain*(m - y)" if is_out else ""))
+                    st = n[state]
+                    vg = "v" + st
+                    bld.res(sec, "i_" + st + "_sg", n["sgb"], vg, R, cm)
+                    if net.succs[v]:
+                        bld.res(sec, "i_" + st + "_r", n["rb"] if sign > 0 else n["r"], vg, 2 * R, cm)
+                    if is_out:
+                        yn = tgt_nodes[(b, i)]
+                        mpos, ypos = (n["mb"], yn) if sign > 0 else (n["m"], "yb" + yn[1:])
+                        bld.res(sec, "i_" + st + "_m", mpos, vg, 2 * R / gain, cm)
+                        bld.res(sec, "i_" + st + "_y", ypos, vg, 2 * R / gain, cm)
+                    bld.res(sec, "f_" + st, st, vg, R, cm)
+                    sec.add(Kind.C, "f_" + st, (st, vg), float(cap), cm)
+                    bld.opamp(sec, st, vg, comment=cm)
+                # first guess of every signal node of this neuron
+                for kind, vals in nominal[(b, v)].items():
+                    node = n[kind] if kind in n else nm(kind, v, i, b)
+                    if act == "identity" and kind in ("ba", "bb", "e", "c1"):
+                        continue
+                    if kind in ("s", "sb") and not has_bwd_in[v]:
+                        continue
+                    if kind in ("r", "rb") and not net.succs[v]:
+                        continue
+                    c.nodesets[node] = float(vals[i])
+
+    opts = dict(DEFAULT_OPTIONS)
+    opts.update(DEVICE_OPTIONS)
+    opts.update({"temp": float(temp), "tnom": float(temp)})
+    if analysis == "tran":
+        opts.update(TRAN_OPTIONS)
+        t_stop = (6 * L + 30) if t_stop is None else t_stop
+        t_step = 0.05 if t_step is None else t_step
+        max_step = 0.05 if max_step is None else max_step
+        for nm_, val in (("t_stop", t_stop), ("t_step", t_step), ("max_step", max_step)):
+            _check_number(nm_, val, positive=True)
+        c.analysis = Analysis("tran", t_step * tau, t_stop * tau, max_step * tau)
+        c.initial_conditions = {nd: 0.0 for pair in node_map.values() for nd in pair}
+    if options:
+        for k, val in options.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", str(k)) or (
+                    not isinstance(val, (int, float, bool)) and not re.fullmatch(r"[a-z0-9_.+-]+", str(val))):
+                raise DyadsimError(f"invalid simulator option {k!r}={val!r}")
+        opts.update(options)
+    c.options = opts
+    if opamp.offset != 0.0:
+        c = add_opamp_offsets(c, {el.name: opamp.offset for el in c.elements() if is_opamp(el)})
+    text = write_circuit(c)
+    nl = Netlist(text, c, net, X, Y, analysis, float(gain), 1.0 / R, float(tau), node_map,
+                 aux_map, ids, in_nodes, tgt_nodes)
+    nl.stats = c.stats()
+    nl.stats["dialect"] = "device"
+    nl.compile_time = time.perf_counter() - t0
+    return nl
+
+
+def _nominal_voltages(net, X, Y, gain, k_div, vt, bjt, i_tail):
+    """``{(sample, layer): {node kind: (size,) volts}}`` of the ideal circuit's steady state."""
+    B = X.shape[0]
+    a, u = {net.input: X}, {}
+    for v in net.nodes:
+        uv = np.tile(net.params[("b", v)], (B, 1))
+        for p in net.preds[v]:
+            M = net.edge_matrix(p, v)
+            uv = uv + np.asarray(M @ a[p].T).T
+        u[v] = uv
+        a[v] = net.activations[v].f(uv)
+    d, delta = {}, {}
+    for v in reversed(net.nodes):
+        dv = np.zeros_like(u[v])
+        for c in net.succs[v]:
+            M = net.edge_matrix(v, c)
+            dv = dv + np.asarray(M.T @ delta[c].T).T
+        g = net.loss.grad(a[v], Y) if v == net.output else 0.0
+        d[v] = dv + g
+        delta[v] = net.activations[v].df(u[v]) * d[v]
+    out = {}
+    vcm_b = V_CM * (1.0 - k_div)
+    for v in net.nodes:
+        g = net.loss.grad(a[v], Y) if v == net.output else 0.0
+        for b in range(B):
+            m, dd = a[v][b], gain * d[v][b]
+            s = gain * delta[v][b]
+            r = gain * (d[v][b] - (g[b] if v == net.output else 0.0))
+            vals = {"x": m + dd / 2, "z": m - dd / 2, "u": u[v][b], "m": m, "mb": -m,
+                    "sgb": -m, "s": s, "sb": -s, "r": r, "rb": -r}
+            if net.activations[v].name == "tanh":
+                ba = V_CM + k_div * (u[v][b] - V_CM)
+                i1 = 0.5 * i_tail * (1.0 + np.tanh(u[v][b]))
+                vbe1 = vt * bjt.nf * np.log(np.maximum(i1, 1e-30) / bjt.is_ + 1.0)
+                vals.update({"ba": ba, "bb": np.full_like(ba, vcm_b), "e": ba - vbe1,
+                             "c1": V_CC - vbe1})
+            out[(b, v)] = vals
+    return out
+
+
+def _tanh_stage(sec, n, nm, v, i, b, r_a, r_b, r_t, i_tail, bld):
+    """Differential pair + PNP mirror + transimpedance: V(sgb) = -tanh(u)."""
+    cm = ("tanh: dividers to vcm give V(ba) - V(bb) = 2 V_T u; NPN pair qa/qb with tail I_tail; "
+          "PNP mirror; TIA R_T = 1 V/I_tail: sgb = -tanh(u)")
+    ba, bb, e, c1 = (nm(k, v, i, b) for k in ("ba", "bb", "e", "c1"))
+    vs = "v" + n["sgb"]
+    bld.res(sec, "da_" + ba, n["u"], ba, r_a, cm)
+    bld.res(sec, "db_" + ba, ba, "vcm", r_b, cm)
+    bld.res(sec, "da_" + bb, "0", bb, r_a, cm)
+    bld.res(sec, "db_" + bb, bb, "vcm", r_b, cm)
+    sec.add(DeviceKind.Q, "a_" + e, (c1, ba, e), Transistor("qn"), cm)
+    sec.add(DeviceKind.Q, "b_" + e, (vs, bb, e), Transistor("qn"), cm)
+    sec.add(Kind.I, "tail_" + e, (e, "vee"), float(i_tail), cm)
+    sec.add(DeviceKind.Q, "c_" + e, (c1, c1, "vcc"), Transistor("qp"), cm)
+    sec.add(DeviceKind.Q, "d_" + e, (vs, c1, "vcc"), Transistor("qp"), cm)
+    bld.res(sec, "f_" + n["sgb"], n["sgb"], vs, r_t, cm)
+    bld.opamp(sec, n["sgb"], vs, comment=cm)
+
+
+def add_opamp_offsets(circuit: Circuit, offsets: dict) -> Circuit:
+    """A copy of ``circuit`` where op-amp ``name`` gets an input offset ``offsets[name]``
+    volts: a DC source in series with its non-inverting input."""
+    out = copy_circuit(circuit)
+    for sec in out.sections:
+        new = []
+        for el in sec.elements:
+            off = offsets.get(el.name) if is_opamp(el) else None
+            if off:
+                _check_number("op-amp offset", off)
+                o, gnd, pos, neg = el.nodes
+                node = "os_" + o
+                new.append(Element(Kind.V, "os_" + o, (node, pos), float(off), "op-amp input offset"))
+                new.append(replace(el, nodes=(o, gnd, node, neg)))
+            else:
+                new.append(el)
+        sec.elements = new
+    return out

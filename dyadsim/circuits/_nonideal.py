@@ -1,0 +1,384 @@
+"""Non-idealities: small frozen transforms of the circuit IR that compose.
+
+Each non-ideality is a frozen dataclass with ``apply(circuit, rng) -> Circuit``: it returns
+a *new* circuit with perturbed element values (the input is never modified), drawing any
+randomness from the numpy ``Generator`` it is given.  :func:`perturbed_netlist` applies a
+list of them in order to a compiled :class:`~dyadsim.circuits.Netlist` and writes the text
+again, so neither compiler needs to know about them::
+
+    nl = compile_netlist(net, x, y)
+    bad = perturbed_netlist(nl, [Mismatch(0.05), Quantization(6)], seed=3)
+
+A non-ideality of size zero (``Mismatch(0)``, ``Quantization(None)``, ...) returns the
+circuit unchanged, so the netlist text stays identical.  Every parameter that reaches a
+netlist is checked to be a number in a sane range when the object is made.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..errors import DyadsimError
+from ._device import (
+    BOLTZMANN, DeviceKind, NoiseSource, Transistor, add_opamp_offsets, copy_circuit, is_opamp,
+    is_weight, write_circuit,
+)
+from ._ir import Circuit, Element, Expr, Kind, Num, Op, Param
+
+__all__ = [
+    "Nonideality", "Mismatch", "Quantization", "AmplifierNonideal", "ThermalNoise",
+    "WireResistance", "perturbed_netlist", "apply_nonidealities", "evaluate",
+]
+
+MISMATCH_KINDS = ("R", "G", "BI", "I", "Q")
+
+
+def _number(owner, name, value, *, lo=None, hi=None, allow_none=False, integer=False):
+    """Validate a parameter: a real number (not bool, not NaN/inf) within [lo, hi]."""
+    if value is None and allow_none:
+        return None
+    ok_types = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, ok_types):
+        kind = "an integer" if integer else "a number"
+        raise DyadsimError(f"{owner}: {name} must be {kind}, got {value!r} ({type(value).__name__})")
+    if not integer and not math.isfinite(float(value)):
+        raise DyadsimError(f"{owner}: {name} must be finite, got {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise DyadsimError(f"{owner}: {name} must be within [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def evaluate(value, params: dict) -> float:
+    """The number a constant element value stands for (a float, or an expression of
+    numbers and ``.param`` names)."""
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    if isinstance(value, Num):
+        return float(value.value)
+    if isinstance(value, Param):
+        if value.name not in params:
+            raise DyadsimError(f"unknown .param {value.name!r}")
+        return evaluate(params[value.name], params)
+    if isinstance(value, Op):
+        a, b = evaluate(value.left, params), evaluate(value.right, params)
+        return {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[value.op]
+    raise DyadsimError(f"element value {value!r} is not a constant")
+
+
+class Nonideality:
+    """Base of the non-idealities: ``apply(circuit, rng) -> Circuit`` and ``is_zero``."""
+
+    def apply(self, circuit: Circuit, rng: np.random.Generator) -> Circuit:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def is_zero(self) -> bool:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def label(self) -> str:
+        return repr(self)
+
+
+def _map_elements(circuit, fn):
+    """A copy of ``circuit`` with every element replaced by ``fn(el)`` (a list, possibly
+    empty, of elements)."""
+    out = copy_circuit(circuit)
+    for sec in out.sections:
+        new = []
+        for el in sec.elements:
+            new.extend(fn(el))
+        sec.elements = new
+    return out
+
+
+@dataclass(frozen=True)
+class Mismatch(Nonideality):
+    """Device mismatch: every conductance-like element value is multiplied by an independent
+    lognormal factor ``exp(sigma * N(0, 1))`` (median 1).
+
+    ``kinds`` selects what varies: ``"R"`` resistors (the weight resistors, feedback and
+    divider resistors of the device dialect; the ``1/g`` loads of the behavioural one),
+    ``"G"`` linear transconductors (the behavioural weights), ``"BI"`` behavioural
+    nonlinear transconductors (their whole output current), ``"I"`` current sources (tail
+    and bias currents) and ``"Q"`` transistor emitter areas (their saturation current).
+    """
+
+    sigma: float = 0.0
+    kinds: tuple = MISMATCH_KINDS
+
+    def __post_init__(self):
+        _number("Mismatch", "sigma", self.sigma, lo=0.0, hi=10.0)
+        kinds = tuple(self.kinds)
+        bad = [k for k in kinds if k not in MISMATCH_KINDS]
+        if bad:
+            raise DyadsimError(f"Mismatch: unknown kinds {bad}; valid: {', '.join(MISMATCH_KINDS)}")
+        object.__setattr__(self, "kinds", kinds)
+
+    @property
+    def is_zero(self) -> bool:
+        return self.sigma == 0
+
+    @property
+    def label(self) -> str:
+        return f"mismatch sigma={self.sigma:g}"
+
+    def apply(self, circuit, rng):
+        if self.is_zero:
+            return circuit
+        kinds = set(self.kinds)
+        targets = [el for el in circuit.elements() if el.kind.name in kinds]
+        factors = iter(np.exp(self.sigma * rng.standard_normal(len(targets))).tolist())
+        params = circuit.params
+
+        def fn(el):
+            if el.kind.name not in kinds:
+                return [el]
+            f = next(factors)
+            if el.kind is Kind.BI:
+                return [replace(el, value=Op("*", Num(f), el.value))]
+            if el.kind is DeviceKind.Q:
+                return [replace(el, value=Transistor(el.value.model, el.value.area * f))]
+            return [replace(el, value=evaluate(el.value, params) * f)]
+
+        return _map_elements(circuit, fn)
+
+
+@dataclass(frozen=True)
+class Quantization(Nonideality):
+    """Finite weight precision: every weight conductance takes one of ``2**bits`` levels
+    ``k * w_max / (2**bits - 1)``, k = 0 .. 2**bits - 1 (its sign kept), by rounding.
+
+    ``w_max`` is in weight units (the full-scale conductance is ``w_max * g``); ``None``
+    takes the largest weight conductance in the circuit.  Weights that round to zero are
+    removed.  Weights are the crossbar resistors (device dialect) or the weight VCCS
+    (behavioural dialect); biases keep full precision.
+    """
+
+    bits: int | None = None
+    w_max: float | None = None
+
+    def __post_init__(self):
+        _number("Quantization", "bits", self.bits, lo=1, hi=24, allow_none=True, integer=True)
+        w = _number("Quantization", "w_max", self.w_max, lo=0.0, allow_none=True)
+        if w is not None and w <= 0:
+            raise DyadsimError(f"Quantization: w_max must be positive, got {w!r}")
+
+    @property
+    def is_zero(self) -> bool:
+        return self.bits is None
+
+    @property
+    def label(self) -> str:
+        return f"quantization {self.bits} bits"
+
+    def apply(self, circuit, rng):
+        if self.is_zero:
+            return circuit
+        params = circuit.params
+
+        def conductance(el):
+            v = evaluate(el.value, params)
+            return 1.0 / v if el.kind is Kind.R else v
+
+        gs = [conductance(el) for el in circuit.elements() if is_weight(el)]
+        if not gs:
+            return circuit
+        if self.w_max is None:
+            g_max = max(abs(g) for g in gs)
+        else:
+            if "g" not in params:
+                raise DyadsimError("Quantization: the circuit has no unit conductance .param g")
+            g_max = self.w_max * evaluate(params["g"], params)
+        top = 2 ** int(self.bits) - 1
+        step = g_max / top if g_max > 0 else 1.0
+
+        def fn(el):
+            if not is_weight(el):
+                return [el]
+            g = conductance(el)
+            k = min(int(round(abs(g) / step)), top)
+            if k == 0:
+                return []
+            q = math.copysign(k * step, g)
+            return [replace(el, value=1.0 / q if el.kind is Kind.R else q)]
+
+        return _map_elements(circuit, fn)
+
+
+@dataclass(frozen=True)
+class AmplifierNonideal(Nonideality):
+    """Op-amp non-idealities (device dialect): open-loop ``gain`` for every op-amp
+    (``None``: unchanged; ``inf``: ideal) and a random input offset per op-amp, normal with
+    standard deviation ``offset`` volts."""
+
+    gain: float | None = None
+    offset: float = 0.0
+
+    def __post_init__(self):
+        if self.gain is not None and not (isinstance(self.gain, float) and math.isinf(self.gain)
+                                          and self.gain > 0):
+            _number("AmplifierNonideal", "gain", self.gain, lo=1.0, hi=1e15)
+        _number("AmplifierNonideal", "offset", self.offset, lo=0.0, hi=1.0)
+
+    @property
+    def is_zero(self) -> bool:
+        return self.gain is None and self.offset == 0
+
+    @property
+    def label(self) -> str:
+        return f"op-amp gain={self.gain} offset={self.offset:g} V"
+
+    def apply(self, circuit, rng):
+        if self.is_zero:
+            return circuit
+        amps = [el for el in circuit.elements() if is_opamp(el)]
+        if not amps:
+            raise DyadsimError("AmplifierNonideal applies to device-level netlists "
+                               "(compile_device_netlist); this circuit has no op-amps")
+        out = circuit
+        if self.gain is not None:
+            from ._device import IDEAL_OPAMP_GAIN
+
+            A = IDEAL_OPAMP_GAIN if math.isinf(self.gain) else float(self.gain)
+            out = _map_elements(out, lambda el: [replace(el, value=A)] if is_opamp(el) else [el])
+        if self.offset:
+            draws = self.offset * rng.standard_normal(len(amps))
+            out = add_opamp_offsets(out, {el.name: float(v) for el, v in zip(amps, draws)})
+        return out
+
+
+@dataclass(frozen=True)
+class ThermalNoise(Nonideality):
+    """Transient noise: a white noise current source across every resistor, with one-sided
+    PSD ``4 k T / R`` (Johnson noise at ``temperature`` kelvin) plus ``psd / R**2`` (an
+    extra voltage-noise density ``psd`` in V^2/Hz per resistor).
+
+    ngspice's ``trnoise(rms dt 0 0)`` sources draw a new sample every ``dt`` seconds
+    (default: the transient's output step) with ``rms = sqrt(PSD / (2 dt))``.  Only for
+    ``analysis="tran"``.  ngspice 39 seeds its noise generator from the process id, so
+    noisy runs are not reproducible bit for bit (the ``seed`` of the other
+    non-idealities does not reach it).
+    """
+
+    temperature: float = 0.0
+    psd: float = 0.0
+    dt: float | None = None
+
+    def __post_init__(self):
+        _number("ThermalNoise", "temperature", self.temperature, lo=0.0, hi=1e9)
+        _number("ThermalNoise", "psd", self.psd, lo=0.0, hi=1.0)
+        d = _number("ThermalNoise", "dt", self.dt, lo=0.0, hi=1.0, allow_none=True)
+        if d is not None and d <= 0:
+            raise DyadsimError(f"ThermalNoise: dt must be positive, got {d!r}")
+
+    @property
+    def is_zero(self) -> bool:
+        return self.temperature == 0 and self.psd == 0
+
+    @property
+    def label(self) -> str:
+        return f"thermal noise T={self.temperature:g} K psd={self.psd:g} V^2/Hz"
+
+    def apply(self, circuit, rng):
+        if self.is_zero:
+            return circuit
+        if circuit.analysis.kind != "tran":
+            raise DyadsimError("ThermalNoise needs a transient netlist (analysis='tran')")
+        dt = self.dt if self.dt is not None else circuit.analysis.tstep
+        params = circuit.params
+
+        def fn(el):
+            if el.kind is not Kind.R:
+                return [el]
+            r = evaluate(el.value, params)
+            s = 4.0 * BOLTZMANN * self.temperature / r + self.psd / (r * r)
+            rms = math.sqrt(s / (2.0 * dt))
+            return [el, Element(DeviceKind.NOISE, "n_" + el.name, el.nodes, NoiseSource(rms, dt),
+                                "thermal noise of the resistor above")]
+
+        return _map_elements(circuit, fn)
+
+
+@dataclass(frozen=True)
+class WireResistance(Nonideality):
+    """Series wire resistance ``ohms`` in every weight path.
+
+    Device dialect: a resistor in series with each crossbar resistor, between it and the
+    summing node (a new node per weight).  Behavioural dialect: the weight VCCS ``gm``
+    becomes ``gm / (1 + |gm| ohms)``, the conductance of the same series connection.
+    """
+
+    ohms: float = 0.0
+
+    def __post_init__(self):
+        _number("WireResistance", "ohms", self.ohms, lo=0.0, hi=1e9)
+
+    @property
+    def is_zero(self) -> bool:
+        return self.ohms == 0
+
+    @property
+    def label(self) -> str:
+        return f"wire resistance {self.ohms:g} ohm"
+
+    def apply(self, circuit, rng):
+        if self.is_zero:
+            return circuit
+        params = circuit.params
+        r_w = float(self.ohms)
+
+        def fn(el):
+            if not is_weight(el):
+                return [el]
+            if el.kind is Kind.R:
+                a, b = el.nodes
+                mid = "ww_" + el.name
+                return [replace(el, nodes=(a, mid)),
+                        Element(Kind.R, "wire_" + el.name, (mid, b), r_w, "wire resistance")]
+            gm = evaluate(el.value, params)
+            return [replace(el, value=gm / (1.0 + abs(gm) * r_w))]
+
+        return _map_elements(circuit, fn)
+
+
+def apply_nonidealities(circuit: Circuit, nonidealities, rng) -> Circuit:
+    """Apply non-idealities in order; returns a new circuit (or ``circuit`` itself when all
+    of them are of size zero)."""
+    for ni in _check_list(nonidealities):
+        circuit = ni.apply(circuit, rng)
+    return circuit
+
+
+def _check_list(nonidealities):
+    if nonidealities is None:
+        return []
+    if isinstance(nonidealities, Nonideality):
+        return [nonidealities]
+    items = list(nonidealities)
+    for ni in items:
+        if not isinstance(ni, Nonideality):
+            raise DyadsimError(f"not a non-ideality: {ni!r} (use Mismatch, Quantization, "
+                               "AmplifierNonideal, ThermalNoise, WireResistance)")
+    return items
+
+
+def perturbed_netlist(netlist, nonidealities, seed=None):
+    """A copy of a compiled netlist with non-idealities applied to its circuit IR and the
+    text written again (:class:`~dyadsim.circuits.Netlist`, same node maps).
+
+    ``seed``: anything ``numpy.random.default_rng`` takes (an int, a sequence of ints, a
+    ``SeedSequence``) or a ``Generator``; the same seed gives the same perturbed netlist.
+    """
+    items = _check_list(nonidealities)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    circuit = apply_nonidealities(netlist.circuit, items, rng)
+    text = write_circuit(circuit)
+    stats = circuit.stats()
+    if "dialect" in netlist.stats:
+        stats["dialect"] = netlist.stats["dialect"]
+    stats["nonidealities"] = [ni.label for ni in items if not ni.is_zero]
+    return replace(netlist, text=text, circuit=circuit, path=None, stats=stats)
