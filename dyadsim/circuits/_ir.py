@@ -27,9 +27,16 @@ def safe_identifier(text: str) -> str:
     Everything that reaches a netlist as a name goes through here, so no user text can
     add a line, a card or a ``.control`` command.
     """
+    if type(text) is str and text in _checked:
+        return text
     if not isinstance(text, str) or not _SAFE.fullmatch(text) or len(text) > 200:
         raise DyadsimError(f"unsafe netlist identifier {text!r}")
+    if len(_checked) < 1_000_000:
+        _checked.add(text)
     return text
+
+
+_checked: set = set()  # identifiers already validated (netlists repeat each node name)
 
 
 class Kind(str, Enum):
