@@ -29,8 +29,7 @@ def backprop(net, x, y, dtype=np.float64) -> Gradients:
         uv[:] = net.bias_vector(v, dtype)
         for p in net.preds[v]:
             uv += net.edge_forward(p, v, a[p], dtype)
-        u[v] = uv
-        a[v] = net.activations[v].f(uv)
+        a[v], u[v] = net.activations[v].value_and_slope(uv)  # u[v] now holds sigma'(u)
     loss = float(np.mean(net.loss.value(a[net.output], Y)))
     delta = {}
     for v in reversed(net.nodes):
@@ -41,7 +40,7 @@ def backprop(net, x, y, dtype=np.float64) -> Gradients:
             for c in net.succs[v]:
                 W = net.params.get(("W", v, c))
                 dv += net.edge_ops[(v, c)].backward(None if W is None else W.astype(dtype, copy=False), delta[c])
-        delta[v] = net.activations[v].df(u[v]) * dv
+        delta[v] = u[v] * dv
     grads = Gradients(loss=loss, method="backprop")
     for key in net.params:
         if key[0] == "W":

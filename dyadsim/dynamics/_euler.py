@@ -92,7 +92,11 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
     if schedule not in SCHEDULES:
         raise DyadsimError(f"unknown schedule {schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
     if steps is not None:
-        if isinstance(steps, bool) or int(steps) != steps or steps < 0:
+        try:
+            ok = not isinstance(steps, bool) and int(steps) == steps and steps >= 0
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
             raise DyadsimError(f"steps must be a non-negative int or None, got {steps!r}")
         steps = int(steps)
     sysm = System(net, x, y, dtype)
@@ -111,10 +115,9 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
     return _relax_parallel(sysm, eta, n_steps, fixed, tol, record, progress)
 
 
-def _finish(sysm, x, z, steps, eta, schedule, converged, residual, hx, hz, u=None):
-    m = 0.5 * (x + z)
-    d = x - z
-    grads = sysm.readout(m, d, u=u, method=f"euler[{schedule}, eta={eta:g}, steps={steps}]")
+def _finish(sysm, x, z, steps, eta, schedule, converged, residual, hx, hz, slope=None, md=None):
+    m, d = md if md is not None else (0.5 * (x + z), x - z)
+    grads = sysm.readout(m, d, slope=slope, method=f"euler[{schedule}, eta={eta:g}, steps={steps}]")
     if sysm.single:
         x, z = x[0], z[0]
         if hx is not None:
@@ -123,15 +126,21 @@ def _finish(sysm, x, z, steps, eta, schedule, converged, residual, hx, hz, u=Non
 
 
 def _blockwise_residual(sysm, x, z, dm, dd) -> float:
+    """Largest update of any layer relative to that layer's largest value, for m and d
+    separately (d is often orders of magnitude below m).  A layer whose values head for
+    exactly zero (a relu layer that dies) is measured against 1e-6 of the largest value of
+    the whole state instead, or its relative update would stay near eta forever."""
     tiny = np.finfo(sysm.dtype).tiny
+    m_all = 0.5 * (x + z)
+    d_all = x - z
+    m_floor = 1e-6 * float(np.max(np.abs(m_all))) if m_all.size else 0.0
+    d_floor = 1e-6 * float(np.max(np.abs(d_all))) if d_all.size else 0.0
     worst = 0.0
     for sl in sysm.slices.values():
-        m = 0.5 * (x[:, sl] + z[:, sl])
-        d = x[:, sl] - z[:, sl]
         um = float(np.max(np.abs(dm[:, sl])))
         ud = float(np.max(np.abs(dd[:, sl])))
-        rm = um / (float(np.max(np.abs(m))) + tiny) if um else 0.0
-        rd = ud / (float(np.max(np.abs(d))) + tiny) if ud else 0.0
+        rm = um / (max(float(np.max(np.abs(m_all[:, sl]))), m_floor) + tiny) if um else 0.0
+        rd = ud / (max(float(np.max(np.abs(d_all[:, sl]))), d_floor) + tiny) if ud else 0.0
         worst = max(worst, rm, rd)
     return worst
 
@@ -206,35 +215,47 @@ def _relax_wavefront(sysm, n_steps, record):
     net = sysm.net
     L = net.depth
     shape = (sysm.B, sysm.n)
-    x = np.zeros(shape, dtype=sysm.dtype)
-    z = np.zeros(shape, dtype=sysm.dtype)
-    u = sysm.beta.copy()
-    s1 = np.zeros(shape, dtype=sysm.dtype)  # sigma'(u), filled as the forward wave passes
+    # column-major: each layer's block of columns is one contiguous array (no copies in BLAS)
+    x = np.zeros(shape, dtype=sysm.dtype, order="F")
+    z = np.zeros(shape, dtype=sysm.dtype, order="F")
+    u = np.asfortranarray(sysm.beta)
+    s1 = np.zeros(shape, dtype=sysm.dtype, order="F")  # sigma'(u), filled as the forward wave passes
     fwd = {k: [v for v in net.nodes if net.block(v).depth == k] for k in range(1, L + 1)}
     bwd = {k: [v for v in reversed(net.nodes) if L + 1 + net.block(v).rdepth == k]
            for k in range(L + 1, 2 * L + 1)}
+    # m = (x+z)/2, d = x-z and s = sigma'(u)*d of each block, refreshed from (x, z) whenever
+    # the block is updated (the state itself is x and z)
+    m = np.zeros(shape, dtype=sysm.dtype, order="F")
+    d = np.zeros(shape, dtype=sysm.dtype, order="F")
+    sd = np.zeros(shape, dtype=sysm.dtype, order="F")
     hist = [(x.copy(), z.copy())] if record else None
     for k in range(1, n_steps + 1):
         for v in fwd.get(k, ()):
             sl = sysm.slices[v]
             uv = u[:, sl]
             for psl, op, W in sysm.in_edges[v]:
-                uv += op.forward(W, 0.5 * (x[:, psl] + z[:, psl]))
-            act = sysm.acts[v]
-            dm = act.f(uv) - 0.5 * (x[:, sl] + z[:, sl])
+                uv += op.forward(W, m[:, psl])
+            val, s1[:, sl] = sysm.acts[v].value_and_slope(uv)
+            dm = val
+            dm -= m[:, sl]
             x[:, sl] += dm
             z[:, sl] += dm
-            s1[:, sl] = act.df(uv)
+            np.add(x[:, sl], z[:, sl], out=m[:, sl])
+            m[:, sl] *= 0.5
         for v in bwd.get(k, ()):
             sl = sysm.slices[v]
-            d_v = x[:, sl] - z[:, sl]
-            dd = -d_v
+            dd = -d[:, sl]
             for csl, op, W in sysm.out_edges[v]:
-                dd += op.backward(W, s1[:, csl] * (x[:, csl] - z[:, csl]))
+                dd += op.backward(W, sd[:, csl])
             if v == net.output:
-                dd += net.loss.grad(0.5 * (x[:, sl] + z[:, sl]), sysm.Y)
-            x[:, sl] += 0.5 * dd
-            z[:, sl] -= 0.5 * dd
+                dd += net.loss.grad(m[:, sl], sysm.Y)
+            dd *= 0.5
+            x[:, sl] += dd
+            z[:, sl] -= dd
+            np.subtract(x[:, sl], z[:, sl], out=d[:, sl])
+            np.add(x[:, sl], z[:, sl], out=m[:, sl])
+            m[:, sl] *= 0.5
+            np.multiply(s1[:, sl], d[:, sl], out=sd[:, sl])
         if record:
             hist.append((x.copy(), z.copy()))
     hx = hz = None
@@ -243,4 +264,4 @@ def _relax_wavefront(sysm, n_steps, record):
         hz = np.stack([h[1] for h in hist])
     done = n_steps >= 2 * L
     return _finish(sysm, x, z, n_steps, 1.0, "wavefront", done, 0.0 if done else np.inf, hx, hz,
-                   u=u if done else None)
+                   slope=s1 if done else None, md=(m, d) if done else None)

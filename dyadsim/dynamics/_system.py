@@ -100,11 +100,16 @@ class System:
         return np.sum(d * F, axis=1) + self.net.loss.value(m[:, self.out], self.Y)
 
     # ---------------------------------------------------------------- readout
-    def readout(self, m, d, u=None, method=None) -> Gradients:
-        """dC/dW_pv = mean_b delta_v m_p^T, dC/db_v = mean_b delta_v, delta = sigma'(u) * d."""
-        if u is None:
-            u = self.preact(m)
-        delta = self.apply(1, u) * d
+    def readout(self, m, d, u=None, method=None, slope=None) -> Gradients:
+        """dC/dW_pv = mean_b delta_v m_p^T, dC/db_v = mean_b delta_v, delta = sigma'(u) * d.
+
+        ``slope`` (sigma'(u), when the caller has it) or ``u`` may be passed in; otherwise u
+        is computed from m."""
+        if slope is None:
+            if u is None:
+                u = self.preact(m)
+            slope = self.apply(1, u)
+        delta = slope * d
         net = self.net
         grads = Gradients(method=method)
         B = self.B

@@ -25,6 +25,16 @@ class Activation:
     def __call__(self, u):
         return self.f(u)
 
+    def value_and_slope(self, u):
+        """(sigma(u), sigma'(u)) -- computed together where one gives the other cheaply."""
+        if self.name == "tanh":
+            t = np.tanh(u)
+            return t, 1.0 - t * t
+        if self.name == "sigmoid":
+            s = expit(u)
+            return s, s * (1.0 - s)
+        return self.f(u), self.df(u)
+
 
 def _tanh_d(u):
     t = np.tanh(u)

@@ -386,8 +386,13 @@ class Network:
         """Validate an (input, target) pair: returns (X (B, n_in), Y (B, n_out), single)."""
         X, single = self.check_x(x)
         Y = _as_float_array(y, "target y")
-        if Y.ndim == 1 and single:
+        if Y.ndim == 1 and (single or X.shape[0] == 1):
             Y = Y[None, :]
+        elif Y.ndim == 1 and Y.shape[0] == self.n_out:
+            raise DyadsimError(
+                f"target y is one sample of width {self.n_out} but x is a batch of {X.shape[0]}: "
+                f"give y as (batch, {self.n_out})"
+            )
         if Y.ndim != 2 or Y.shape[1] != self.n_out:
             raise DyadsimError(
                 f"target y has shape {np.shape(y)}, expected ({self.n_out},) or (batch, {self.n_out}) "

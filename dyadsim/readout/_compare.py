@@ -19,13 +19,19 @@ def angle(a, b) -> float:
     Uses 2*atan2(|a^ - b^|, |a^ + b^|) on the unit vectors (arccos of the cosine loses
     every digit below ~1e-8 rad).  Zero vectors: 0 if both are zero, pi/2 otherwise.
     """
-    a = np.ravel(np.asarray(a, dtype=np.float64))
-    b = np.ravel(np.asarray(b, dtype=np.float64))
+    a = _unit_scale(np.ravel(np.asarray(a, dtype=np.float64)))
+    b = _unit_scale(np.ravel(np.asarray(b, dtype=np.float64)))
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     if na == 0 or nb == 0:
         return 0.0 if na == nb else math.pi / 2
     ua, ub = a / na, b / nb
     return float(2.0 * math.atan2(np.linalg.norm(ua - ub), np.linalg.norm(ua + ub)))
+
+
+def _unit_scale(v):
+    """v divided by its largest magnitude (norms of tiny or huge vectors under/overflow)."""
+    s = float(np.max(np.abs(v))) if v.size else 0.0
+    return v / s if s > 0 and np.isfinite(s) else v
 
 
 def _log10(x: float) -> float:
@@ -54,6 +60,9 @@ class TensorMetrics:
 def _metrics(name, g, r) -> TensorMetrics:
     g = np.ravel(np.asarray(g, dtype=np.float64))
     r = np.ravel(np.asarray(r, dtype=np.float64))
+    scale = max(float(np.max(np.abs(g))) if g.size else 0.0, float(np.max(np.abs(r))) if r.size else 0.0)
+    if scale > 0 and np.isfinite(scale):  # ratios are scale-free; norms of 1e-170 underflow
+        g, r = g / scale, r / scale
     nr = float(np.linalg.norm(r))
     ng = float(np.linalg.norm(g))
     diff = float(np.linalg.norm(g - r))
