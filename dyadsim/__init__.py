@@ -24,6 +24,7 @@ from .readout import (
 )
 from .circuits import Netlist, compile_netlist
 from .simulator import OperatingPoint, Transient, simulate, simulate_many
+from .training import History, TrainingDiverged, train
 
 __version__ = "0.1.0"
 
@@ -36,4 +37,5 @@ __all__ = [
     "Comparison", "angle", "compare",
     "readout", "spice_gradients", "SpiceGradients", "relaxation_trace", "plot_relaxation",
     "Netlist", "compile_netlist", "OperatingPoint", "Transient", "simulate", "simulate_many",
+    "train", "History", "TrainingDiverged",
 ]

@@ -10,6 +10,7 @@ import sys
 import click
 
 from ._main import cli
+from . import _train  # noqa: F401  (registers train, experiment)
 from . import _spice  # noqa: F401  (registers netlist, simulate)
 
 __all__ = ["cli", "main"]

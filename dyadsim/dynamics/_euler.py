@@ -84,7 +84,7 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
         Its intermediate states differ from the parallel ones (unreached layers stay 0).
     tol : convergence tolerance on ``max|eta*dm_v| / max|m_v|`` and ``max|eta*dd_v| / max|d_v|``
         for every layer v
-        (default 1e-12 in float64, float32's eps in float32); the run also stops, converged, when the update has stalled at the rounding floor of the state for max(50, 10/eta) steps; only used when ``steps`` is None.
+        (default 1e-12 in float64, float32's eps in float32); the run also stops, converged and ``stalled``, when the residual, already below sqrt(eps), has not halved for max(50, 10/eta) steps (the rounding floor of the state); only used when ``steps`` is None.
     record : keep the state after every step (``history_x``, ``history_z``).
     progress : show a progress bar (tqdm) for long relaxations.
     """
@@ -154,6 +154,7 @@ def _relax_parallel(sysm, eta, n_steps, fixed, tol, record, progress):
     converged = stalled = False
     best, best_k = np.inf, 0
     stall_window = max(50, int(np.ceil(10.0 / eta)))
+    stall_floor = float(np.sqrt(np.finfo(sysm.dtype).eps))
     k = 0
     bar = None
     if progress:
@@ -185,9 +186,11 @@ def _relax_parallel(sysm, eta, n_steps, fixed, tol, record, progress):
                     break
                 # stalled at the rounding floor (float32 with a small eta): the residual has
                 # not improved for a while; the state is as good as this precision allows
+                # (only near the rounding floor: far from it a residual can grow for a
+                # while and still converge -- non-normal transients at eta > 1)
                 if residual < best:
                     best, best_k = 0.5 * residual, k
-                elif k - best_k > stall_window:
+                elif k - best_k > stall_window and residual <= stall_floor:
                     converged = stalled = True
                     break
     finally:
