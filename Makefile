@@ -3,7 +3,7 @@ PY ?= python3
 
 .PHONY: demo test setup bench
 setup:
-	@bash scripts/setup.sh
+	@PY="$(PY)" bash scripts/setup.sh
 
 demo: setup
 	$(PY) -m dyadsim.demo

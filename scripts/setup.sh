@@ -3,7 +3,7 @@
 # Python package with its test extras.  Idempotent: does nothing that is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+PY=${PY:-python3}
 
 have_ngspice() {
   command -v ngspice >/dev/null 2>&1 && { ldconfig -p 2>/dev/null | grep -q 'libngspice.so\b' || [ -e /usr/lib/x86_64-linux-gnu/libngspice.so ] || [ -e /usr/lib/aarch64-linux-gnu/libngspice.so ]; }
