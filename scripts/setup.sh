@@ -31,3 +31,12 @@ if ! $PY -c "import dyadsim, pytest, hypothesis, nbclient, ipykernel" >/dev/null
   $PY -m pip install -q --disable-pip-version-check -e ".[test]"
   touch .setup-stamp
 fi
+
+# PyTorch is an optional extra (dyadsim.from_torch); the tests of that path want it.  On
+# this project's machines `pip install torch==2.13.0` takes a CPU build from local disk.
+# Set DYADSIM_NO_TORCH=1 to skip (those tests are then skipped, saying why).
+if [ -z "${DYADSIM_NO_TORCH:-}" ] && ! $PY -c "import torch" >/dev/null 2>&1; then
+  echo "setup: pip install torch==2.13.0 (optional extra, for the PyTorch import tests)"
+  $PY -m pip install -q --disable-pip-version-check torch==2.13.0 \
+    || echo "setup: could not install torch; the PyTorch tests will be skipped" >&2
+fi
