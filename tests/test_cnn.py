@@ -7,6 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 import dyadsim
+import dyadsim.datasets
 from dyadsim import DyadsimError
 
 ACTS = ["tanh", "sigmoid", "relu", "softplus", "identity"]
@@ -168,6 +169,35 @@ def test_small_cnn_in_ngspice_matches_backprop():
     n_conv = sp.coo_matrix(net.edge_matrix("img", "conv")).nnz
     text = res.netlist.text
     assert sum(1 for line in text.splitlines() if line.startswith("Gu_conv_")) == n_conv
+
+
+def _digits_cnn(seed=0):
+    rng = np.random.default_rng(seed)
+    G = nx.DiGraph()
+    G.add_node("img", shape=(1, 8, 8))
+    G.add_node("conv", shape=(4, 6, 6), activation="tanh", bias=np.zeros(4))
+    G.add_node("pool", shape=(4, 3, 3), activation="identity", bias=False)
+    G.add_node("out", size=10, activation="identity", bias=np.zeros(10))
+    G.add_edge("img", "conv", op="conv2d", weight=rng.normal(0, 1 / 3, (4, 1, 3, 3)))
+    G.add_edge("conv", "pool", op="avgpool2d", kernel_size=2)
+    G.add_edge("pool", "out", weight=rng.normal(0, 1 / 6, (10, 36)))
+    return dyadsim.Network.from_graph(G, loss="xent")
+
+
+def test_cnn_trained_with_dbp_follows_backprop_on_digits():
+    data = dyadsim.datasets.digits(seed=0).subset(n_train=320, n_test=200)
+    runs = {}
+    for method in ("backprop", "euler"):
+        net = _digits_cnn()
+        runs[method] = (dyadsim.train(net, data, method=method, optimizer="adam", lr=1e-2, epochs=3,
+                                      batch_size=32, seed=0, progress=False), net)
+    hb, nb = runs["backprop"]
+    he, ne = runs["euler"]
+    np.testing.assert_allclose(he.train_loss, hb.train_loss, rtol=1e-10)
+    assert he.test_accuracy == hb.test_accuracy
+    assert hb.test_accuracy[-1] > 0.5  # it learned (chance is 0.1)
+    for k in nb.params:
+        np.testing.assert_allclose(ne.params[k], nb.params[k], rtol=1e-9, atol=1e-12)
 
 
 # ---------------------------------------------------------------- PyTorch
