@@ -447,7 +447,7 @@ def steps(out_dir, quick=False, seeds=None, progress=True):
             needed = {t: _steps_needed(errs, t) for t in cfg["tols"]}
         auto = {"steps": None, "error": None, "stalled": None, "converged": None}
         try:
-            ra = dyadsim.relax(net, x, y, eta=eta)
+            ra = dyadsim.relax(net, x, y, eta=eta, max_steps=4 * K)  # bounded: K x 4
             auto = {"steps": ra.steps, "error": float(np.max(_rel_errors(ra.grads, ref))),
                     "stalled": bool(ra.stalled), "converged": bool(ra.converged)}
         except dyadsim.ConvergenceError as exc:  # reported, not fatal
@@ -474,7 +474,7 @@ def steps(out_dir, quick=False, seeds=None, progress=True):
                    "(relax(..., steps=K, record=True)): the first step k after which the readout's "
                    "max-over-tensors relative error vs float64 backprop stays <= TOL up to K; "
                    "empty = not reached within K",
-                   "relax_auto_*: dyadsim.relax(net, x, y, eta) with its own default stopping rule "
+                   "relax_auto_*: dyadsim.relax(net, x, y, eta, max_steps=4K) with its own default stopping rule "
                    "(update size <= 1e-12, or 'stalled'); its step count, readout error, stalled flag",
                ])
     at1 = next((r for r in rows if r[0] == 1.0), None)
