@@ -47,7 +47,7 @@ from ._compiler import (
     DEFAULT_OPTIONS, GAIN_NODE, TAU_NODE, TRAN_OPTIONS, Netlist, layer_identifiers, node_name,
     target_node,
 )
-from ._ir import Analysis, Circuit, Element, Kind, Num, Op, Param, Section, Volt, safe_identifier
+from ._ir import Analysis, Circuit, Element, Kind, Num, Param, Section, Volt, safe_identifier
 from ._writer import NgspiceNetlister, format_number
 
 __all__ = [
@@ -65,12 +65,21 @@ CELSIUS_TO_KELVIN = 273.15
 #: Open-loop gain that stands for an ideal op-amp (``OpAmp(gain=inf)``).  Closed-loop
 #: errors are ~ noise_gain / A; measured in docs/device_circuit.md.
 IDEAL_OPAMP_GAIN = 1e12
+#: An input offset lifts the virtual ground off 0 V, and ngspice then resolves
+#: A * (V+ - V-) only to ~ 2e-16 * A * |V_offset| volts: beyond A * |V_offset| ~ 1e4 Newton
+#: cannot meet reltol = 1e-9 (measured: 1e7 x 1 mV converges, 1e8 x 1 mV does not).  So an
+#: op-amp with an offset is a finite-gain one: OpAmp(gain=inf, offset != 0) uses this gain,
+#: and larger products are refused.
+OFFSET_OPAMP_GAIN = 1e6
+MAX_GAIN_TIMES_OFFSET = 1e4
 
 DEVICE_ACTIVATIONS = ("tanh", "identity")
 
 #: ngspice puts ``gmin`` (default 1e-12 S) across every pn junction: a leakage that alone
-#: limits the ideal-device readout to ~6e-7 relative error (measured; docs/device_circuit.md).
-DEVICE_OPTIONS = {"gmin": 1e-18}
+#: limits the ideal-device readout to ~5e-7 relative error (measured; docs/device_circuit.md).
+#: 1e-15 takes it below the 5e-9 floor of the rest; smaller values (1e-18) gain nothing and
+#: make Newton fail more often (a transistor that switches off leaves a node with ~gmin only).
+DEVICE_OPTIONS = {"gmin": 1e-15}
 
 #: rails (volts): PNP mirror supply, common mode of the pair's bases, tail current sink
 V_CC, V_CM, V_EE = 2.5, -1.0, -3.0
@@ -217,7 +226,10 @@ def is_weight(el: Element) -> bool:
 class OpAmp:
     """Every op-amp of a device netlist: open-loop ``gain`` (``inf``: ideal, written as
     :data:`IDEAL_OPAMP_GAIN`) and the same input ``offset`` voltage in volts (a systematic
-    offset; random per-amplifier offsets are :class:`~dyadsim.circuits.AmplifierNonideal`)."""
+    offset; random per-amplifier offsets are :class:`~dyadsim.circuits.AmplifierNonideal`).
+    With an offset the gain must be finite in practice: ``inf`` then means
+    :data:`OFFSET_OPAMP_GAIN` and ``gain * |offset|`` is limited to
+    :data:`MAX_GAIN_TIMES_OFFSET` (numerical resolution, see there)."""
 
     gain: float = math.inf
     offset: float = 0.0
@@ -229,10 +241,20 @@ class OpAmp:
         _check_number("op-amp offset", self.offset)
         if abs(self.offset) > 1.0:
             raise DyadsimError(f"op-amp offset must be within +-1 V, got {self.offset!r}")
+        if self.spice_gain * abs(self.offset) > MAX_GAIN_TIMES_OFFSET:
+            raise DyadsimError(
+                f"op-amp gain {g:g} with offset {self.offset:g} V: gain * |offset| must stay below "
+                f"{MAX_GAIN_TIMES_OFFSET:g} for ngspice to resolve the output (see OFFSET_OPAMP_GAIN)")
 
     @property
     def spice_gain(self) -> float:
-        return IDEAL_OPAMP_GAIN if math.isinf(self.gain) else float(self.gain)
+        """The E element's gain: the given one, or for ``inf`` :data:`IDEAL_OPAMP_GAIN`
+        (:data:`OFFSET_OPAMP_GAIN` when there is an offset)."""
+        if math.isinf(self.gain):
+            if self.offset == 0:
+                return IDEAL_OPAMP_GAIN
+            return min(OFFSET_OPAMP_GAIN, MAX_GAIN_TIMES_OFFSET / abs(self.offset))
+        return float(self.gain)
 
 
 @dataclass(frozen=True)
@@ -318,7 +340,7 @@ class _Builder:
         self.res(sec, "f_" + out, out, vg, self.R, comment)
         self.opamp(sec, out, vg, comment=comment)
 
-    def crossbar(self, sec, out, vg, terms, comment):
+    def crossbar(self, sec, out, vg, terms, comment, prefix=WEIGHT_PREFIX):
         """Weighted inputs into virtual ground ``vg`` of the stage whose output is ``out``:
         terms are (w, positive_source, negative_source); out = sum w * V(positive)."""
         g0 = self.g_offset
@@ -326,9 +348,9 @@ class _Builder:
             gp = g0 + max(w, 0.0)  # in units of 1/R_unit, from the inverted source
             gn = g0 + max(-w, 0.0)  # from the source itself
             if gp > 0:
-                self.res(sec, f"{WEIGHT_PREFIX}{out}_{neg}", neg, vg, self.R / gp, comment)
+                self.res(sec, f"{prefix}{out}_{neg}", neg, vg, self.R / gp, comment)
             if gn > 0:
-                self.res(sec, f"{WEIGHT_PREFIX}{out}_{pos}", pos, vg, self.R / gn, comment)
+                self.res(sec, f"{prefix}{out}_{pos}", pos, vg, self.R / gn, comment)
 
 
 def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_unit=10e3,
@@ -399,7 +421,7 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
     def nm(kind, v, i, b):
         return node_name(kind, ids[v], i, b, B)
 
-    c = DeviceCircuit(title=title or f"dyadsim DBP device-level circuit: {L}-deep network, {net.n} "
+    c = DeviceCircuit(title=title or f"DBP device-level circuit: {L}-deep network, {net.n} "
                                      f"neurons, {B} sample(s), analysis {analysis}")
     sizes = " -> ".join(f"{ids[v]}({net.sizes[v]}{'' if v == net.input else ', ' + net.activations[v].name})"
                         for v in (net.input,) + net.nodes)
@@ -466,7 +488,7 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
             act = net.activations[v].name
             size = net.sizes[v]
             is_out = v == net.output
-            bias = net.params[("b", v)]
+            bias = net.bias_vector(v)
             for i in range(size):
                 sec = c.section(f"neuron {ids[v]}[{i}] ({act}), inputs from "
                                 + ", ".join(ids[p] for p in net.preds[v]) + sfx)
@@ -477,12 +499,10 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
                 cm = "u = sum_p W m_p + b: crossbar into the virtual ground of an inverting summer"
                 vu = "v" + n["u"]
                 terms = [(w, *pos_neg(p, k, b)) for (p, k, w) in fwd[v][i]]
-                if bias[i] != 0.0:
-                    terms.append((float(bias[i]), "vrefp", "vrefn"))
-                for w, pos, neg in terms:
-                    if not math.isfinite(w):
-                        raise DyadsimError(f"non-finite weight into {ids[v]}[{i}]")
                 bld.crossbar(sec, n["u"], vu, terms, cm)
+                if bias[i] != 0.0:  # from the -1 V (b > 0) or +1 V (b < 0) reference
+                    bld.crossbar(sec, n["u"], vu, [(float(bias[i]), "vrefp", "vrefn")], cm,
+                                 prefix="bias_")
                 bld.res(sec, "f_" + n["u"], n["u"], vu, R, cm)
                 bld.opamp(sec, n["u"], vu, comment=cm)
                 # m and mb
@@ -587,7 +607,7 @@ def _nominal_voltages(net, X, Y, gain, k_div, vt, bjt, i_tail):
     B = X.shape[0]
     a, u = {net.input: X}, {}
     for v in net.nodes:
-        uv = np.tile(net.params[("b", v)], (B, 1))
+        uv = np.tile(net.bias_vector(v), (B, 1))
         for p in net.preds[v]:
             M = net.edge_matrix(p, v)
             uv = uv + np.asarray(M @ a[p].T).T

@@ -23,10 +23,10 @@ import numpy as np
 
 from ..errors import DyadsimError
 from ._device import (
-    BOLTZMANN, DeviceKind, NoiseSource, Transistor, add_opamp_offsets, copy_circuit, is_opamp,
+    BOLTZMANN, IDEAL_OPAMP_GAIN, MAX_GAIN_TIMES_OFFSET, OFFSET_OPAMP_GAIN, DeviceKind, NoiseSource, Transistor, add_opamp_offsets, copy_circuit, is_opamp,
     is_weight, write_circuit,
 )
-from ._ir import Circuit, Element, Expr, Kind, Num, Op, Param
+from ._ir import Circuit, Element, Kind, Num, Op, Param
 
 __all__ = [
     "Nonideality", "Mismatch", "Quantization", "AmplifierNonideal", "ThermalNoise",
@@ -213,7 +213,12 @@ class Quantization(Nonideality):
 class AmplifierNonideal(Nonideality):
     """Op-amp non-idealities (device dialect): open-loop ``gain`` for every op-amp
     (``None``: unchanged; ``inf``: ideal) and a random input offset per op-amp, normal with
-    standard deviation ``offset`` volts."""
+    standard deviation ``offset`` volts.
+
+    An offset needs a finite gain for ngspice to resolve the output (``gain * 4 offset``
+    below ``MAX_GAIN_TIMES_OFFSET`` = 1e4): with ``gain=None`` or ``inf`` an op-amp whose
+    gain is larger than that allows gets ``OFFSET_OPAMP_GAIN`` (1e6) instead.
+    """
 
     gain: float | None = None
     offset: float = 0.0
@@ -223,6 +228,12 @@ class AmplifierNonideal(Nonideality):
                                           and self.gain > 0):
             _number("AmplifierNonideal", "gain", self.gain, lo=1.0, hi=1e15)
         _number("AmplifierNonideal", "offset", self.offset, lo=0.0, hi=1.0)
+        if self.offset > 0 and self.gain is not None and math.isfinite(self.gain) and \
+                self.gain * 4 * self.offset > MAX_GAIN_TIMES_OFFSET:
+            raise DyadsimError(
+                f"AmplifierNonideal: gain {self.gain:g} with offsets of {self.offset:g} V (std): "
+                f"gain * 4 std must stay below {MAX_GAIN_TIMES_OFFSET:g} for ngspice to resolve "
+                "the outputs (see dyadsim.circuits._device.OFFSET_OPAMP_GAIN)")
 
     @property
     def is_zero(self) -> bool:
@@ -240,11 +251,20 @@ class AmplifierNonideal(Nonideality):
             raise DyadsimError("AmplifierNonideal applies to device-level netlists "
                                "(compile_device_netlist); this circuit has no op-amps")
         out = circuit
-        if self.gain is not None:
-            from ._device import IDEAL_OPAMP_GAIN
+        if self.gain is not None or self.offset > 0:
+            if self.gain is None:  # keep each gain, but no more than an offset allows
+                A = None
+            elif math.isinf(self.gain):
+                A = IDEAL_OPAMP_GAIN
+            else:
+                A = float(self.gain)
+            cap = MAX_GAIN_TIMES_OFFSET / (4 * self.offset) if self.offset > 0 else math.inf
 
-            A = IDEAL_OPAMP_GAIN if math.isinf(self.gain) else float(self.gain)
-            out = _map_elements(out, lambda el: [replace(el, value=A)] if is_opamp(el) else [el])
+            def gain_of(el):
+                a = float(el.value) if A is None else A
+                return min(OFFSET_OPAMP_GAIN, cap) if a > cap else a
+
+            out = _map_elements(out, lambda el: [replace(el, value=gain_of(el))] if is_opamp(el) else [el])
         if self.offset:
             draws = self.offset * rng.standard_normal(len(amps))
             out = add_opamp_offsets(out, {el.name: float(v) for el, v in zip(amps, draws)})

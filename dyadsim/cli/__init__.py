@@ -12,6 +12,7 @@ import click
 from ._main import cli
 from . import _train  # noqa: F401  (registers train, experiment)
 from . import _spice  # noqa: F401  (registers netlist, simulate)
+from . import _montecarlo  # noqa: F401  (registers montecarlo)
 
 __all__ = ["cli", "main"]
 
