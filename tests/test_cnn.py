@@ -10,6 +10,8 @@ import dyadsim
 import dyadsim.datasets
 from dyadsim import DyadsimError
 
+from conftest import fd_grads
+
 ACTS = ["tanh", "sigmoid", "relu", "softplus", "identity"]
 
 
@@ -71,18 +73,8 @@ def test_backprop_equals_finite_differences(seed):
     net = random_cnn(seed, "mse")
     x, y = batch(net, 2, seed, "mse")
     ref = dyadsim.backprop(net, x, y)
-    h = 1e-6
-    for key, P in net.params.items():
-        fd = np.zeros_like(P)
-        for idx in np.ndindex(P.shape):
-            old = P[idx]
-            P[idx] = old + h
-            lp = net.loss_value(x, y)
-            P[idx] = old - h
-            lm = net.loss_value(x, y)
-            P[idx] = old
-            fd[idx] = (lp - lm) / (2 * h)
-        assert ref[key].shape == P.shape
+    for key, fd in fd_grads(net, x, y).items():
+        assert ref[key].shape == net.params[key].shape
         scale = max(np.linalg.norm(fd), 1e-8)
         assert np.linalg.norm(fd - ref[key]) / scale < 1e-5, key
 
