@@ -115,9 +115,8 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
     return _relax_parallel(sysm, eta, n_steps, fixed, tol, record, progress)
 
 
-def _finish(sysm, x, z, steps, eta, schedule, converged, residual, hx, hz, slope=None, md=None):
-    m, d = md if md is not None else (0.5 * (x + z), x - z)
-    grads = sysm.readout(m, d, slope=slope, method=f"euler[{schedule}, eta={eta:g}, steps={steps}]")
+def _finish(sysm, x, z, steps, eta, schedule, converged, residual, hx, hz):
+    grads = sysm.readout(0.5 * (x + z), x - z, method=f"euler[{schedule}, eta={eta:g}, steps={steps}]")
     if sysm.single:
         x, z = x[0], z[0]
         if hx is not None:
@@ -214,51 +213,62 @@ def _relax_parallel(sysm, eta, n_steps, fixed, tol, record, progress):
 
 def _relax_wavefront(sysm, n_steps, record):
     """eta = 1; update block v's forward part at step depth(v) and its error part at step
-    L + 1 + rdepth(v), each from the previous state, exactly as the parallel Euler map does."""
+    L + 1 + rdepth(v), each from the previous state, exactly as the parallel Euler map does.
+
+    The state is x, z (B, n); each layer's m = (x+z)/2, d = x-z and s = sigma'(u)*d are
+    read from it into contiguous arrays whenever the layer is updated, so every matrix
+    product runs on contiguous data and the readout reuses s as delta."""
     net = sysm.net
     L = net.depth
-    shape = (sysm.B, sysm.n)
-    # column-major: each layer's block of columns is one contiguous array (no copies in BLAS)
-    x = np.zeros(shape, dtype=sysm.dtype, order="F")
-    z = np.zeros(shape, dtype=sysm.dtype, order="F")
-    u = np.asfortranarray(sysm.beta)
-    s1 = np.zeros(shape, dtype=sysm.dtype, order="F")  # sigma'(u), filled as the forward wave passes
-    fwd = {k: [v for v in net.nodes if net.block(v).depth == k] for k in range(1, L + 1)}
-    bwd = {k: [v for v in reversed(net.nodes) if L + 1 + net.block(v).rdepth == k]
+    B, dt = sysm.B, sysm.dtype
+    nodes = net.nodes
+    # the state x, z (B, n); per layer, contiguous: m = (x+z)/2, d = x-z, s = sigma'(u)*d,
+    # read from the state whenever the layer is updated
+    x = np.zeros((B, sysm.n), dtype=dt)
+    z = np.zeros((B, sysm.n), dtype=dt)
+    xs = {v: x[:, sysm.slices[v]] for v in nodes}
+    zs = {v: z[:, sysm.slices[v]] for v in nodes}
+    ms, ds_, sd = {}, {}, {}
+    slope = {}
+    W = {(p, v): sysm.weights.get((p, v)) for (p, v) in net.edges}
+    ops = net.edge_ops
+    fwd = {k: [v for v in nodes if net.block(v).depth == k] for k in range(1, L + 1)}
+    bwd = {k: [v for v in reversed(nodes) if L + 1 + net.block(v).rdepth == k]
            for k in range(L + 1, 2 * L + 1)}
-    # m = (x+z)/2, d = x-z and s = sigma'(u)*d of each block, refreshed from (x, z) whenever
-    # the block is updated (the state itself is x and z)
-    m = np.zeros(shape, dtype=sysm.dtype, order="F")
-    d = np.zeros(shape, dtype=sysm.dtype, order="F")
-    sd = np.zeros(shape, dtype=sysm.dtype, order="F")
+
     hist = [(x.copy(), z.copy())] if record else None
     for k in range(1, n_steps + 1):
         for v in fwd.get(k, ()):
-            sl = sysm.slices[v]
-            uv = u[:, sl]
-            for psl, op, W in sysm.in_edges[v]:
-                uv += op.forward(W, m[:, psl])
-            val, s1[:, sl] = sysm.acts[v].value_and_slope(uv)
-            dm = val
-            dm -= m[:, sl]
-            x[:, sl] += dm
-            z[:, sl] += dm
-            np.add(x[:, sl], z[:, sl], out=m[:, sl])
-            m[:, sl] *= 0.5
+            uv = None  # u = W m + beta (beta holds the bias and the input's contribution)
+            for p in net.preds[v]:
+                if p != net.input:
+                    c = ops[(p, v)].forward(W[(p, v)], ms[p])
+                    uv = c if uv is None else uv.__iadd__(c)
+            beta_v = sysm.beta[:, sysm.slices[v]]
+            uv = beta_v if uv is None else uv.__iadd__(beta_v)
+            val, slope[v] = sysm.acts[v].value_and_slope(uv)
+            # this is the layer's first update and it starts from x = z = m = 0, where the
+            # Euler step x += sigma(u) - m is exact: x = z = m = sigma(u), bit for bit
+            xs[v][...] = val
+            zs[v][...] = val
+            ms[v] = val  # the same values as x_v until the layer's error wave (replaced there)
         for v in bwd.get(k, ()):
-            sl = sysm.slices[v]
-            dd = -d[:, sl]
-            for csl, op, W in sysm.out_edges[v]:
-                dd += op.backward(W, sd[:, csl])
+            # d_v is still exactly 0 here (x_v == z_v), so dd = W^T s (+ dC/da_L)
+            dd = None
+            for c in net.succs[v]:
+                contrib = ops[(v, c)].backward(W[(v, c)], sd[c])
+                dd = contrib if dd is None else dd.__iadd__(contrib)
             if v == net.output:
-                dd += net.loss.grad(m[:, sl], sysm.Y)
+                g = net.loss.grad(ms[v], sysm.Y)
+                dd = g if dd is None else dd.__iadd__(g)
             dd *= 0.5
-            x[:, sl] += dd
-            z[:, sl] -= dd
-            np.subtract(x[:, sl], z[:, sl], out=d[:, sl])
-            np.add(x[:, sl], z[:, sl], out=m[:, sl])
-            m[:, sl] *= 0.5
-            np.multiply(s1[:, sl], d[:, sl], out=sd[:, sl])
+            xs[v] += dd
+            zs[v] -= dd
+            ds_[v] = xs[v] - zs[v]
+            m_v = xs[v] + zs[v]
+            m_v *= 0.5
+            ms[v] = m_v
+            sd[v] = slope[v] * ds_[v]
         if record:
             hist.append((x.copy(), z.copy()))
     hx = hz = None
@@ -266,5 +276,12 @@ def _relax_wavefront(sysm, n_steps, record):
         hx = np.stack([h[0] for h in hist])
         hz = np.stack([h[1] for h in hist])
     done = n_steps >= 2 * L
-    return _finish(sysm, x, z, n_steps, 1.0, "wavefront", done, 0.0 if done else np.inf, hx, hz,
-                   slope=s1 if done else None, md=(m, d) if done else None)
+    if not done:
+        return _finish(sysm, x, z, n_steps, 1.0, "wavefront", False, np.inf, hx, hz)
+    grads = sysm.readout_blocks(ms, ds_, slope, method=f"euler[wavefront, eta=1, steps={n_steps}]",
+                                delta=sd)  # sigma'(u)*d of every layer, already formed
+    if sysm.single:
+        x, z = x[0], z[0]
+        if hx is not None:
+            hx, hz = hx[:, 0], hz[:, 0]
+    return RelaxResult(grads, n_steps, x, z, 1.0, "wavefront", True, 0.0, L, hx, hz)

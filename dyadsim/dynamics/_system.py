@@ -25,8 +25,8 @@ class System:
             Y = None
         else:
             X, Y, self.single = net.check_xy(x, y)
-        self.X = X.astype(dtype)
-        self.Y = None if Y is None else Y.astype(dtype)
+        self.X = X.astype(dtype, copy=False)
+        self.Y = None if Y is None else Y.astype(dtype, copy=False)
         self.B = X.shape[0]
         self.n = net.n
         inp = net.input
@@ -37,6 +37,7 @@ class System:
             W = net.params.get(("W", p, v))
             return None if W is None else W.astype(dtype, copy=False)
 
+        self.weights = {k[1:]: v.astype(dtype, copy=False) for k, v in net.params.items() if k[0] == "W"}
         # internal edges as (src_slice, dst_slice, op, W), in topological order
         self.edges = [(self.slices[p], self.slices[v], net.edge_ops[(p, v)], w(p, v))
                       for v in net.nodes for p in net.preds[v] if p != inp]
@@ -44,7 +45,7 @@ class System:
                              for p in net.preds[v] if p != inp] for v in net.nodes}
         self.out_edges = {v: [(self.slices[c], net.edge_ops[(v, c)], w(v, c))
                               for c in net.succs[v]] for v in net.nodes}
-        self.beta = net.beta(X).astype(dtype)
+        self.beta = net._beta(X).astype(dtype, copy=False)
         self.out = self.slices[net.output]
 
     # ---------------------------------------------------------------- elementary sweeps
@@ -109,23 +110,27 @@ class System:
             if u is None:
                 u = self.preact(m)
             slope = self.apply(1, u)
-        delta = slope * d
+        views = lambda a: {v: a[:, sl] for v, sl in self.slices.items()}  # noqa: E731
+        return self.readout_blocks(views(m), views(d), views(slope), method=method)
+
+    def readout_blocks(self, m, d, slope, method=None, delta=None) -> Gradients:
+        """The readout from per-layer arrays ``{node: (B, size)}`` of m, d and sigma'(u)
+        (or of delta = sigma'(u) * d directly, when the caller has formed it)."""
         net = self.net
-        grads = Gradients(method=method)
         B = self.B
-        for key in net.params:
+        if delta is None:
+            delta = {v: slope[v] * d[v] for v in net.nodes}
+        grads = Gradients(method=method)
+        for key in net.params:  # the network's own parameter order
             if key[0] == "b":
-                grads[key] = net.bias_grad(key[1], delta[:, self.slices[key[1]]]) / B
+                grads[key] = net.bias_grad(key[1], delta[key[1]]) / B
             else:
                 p, v = key[1], key[2]
-                a_p = self.X if p == net.input else m[:, self.slices[p]]
-                W = net.params[key].astype(self.dtype, copy=False)
-                grads[key] = net.edge_ops[(p, v)].weight_grad(W, delta[:, self.slices[v]], a_p) / B
-        # keep the network's own parameter order
-        ordered = Gradients({k: grads[k] for k in net.params}, method=method)
+                a_p = self.X if p == net.input else m[p]
+                grads[key] = net.edge_ops[(p, v)].weight_grad(self.weights[(p, v)], delta[v], a_p) / B
         if self.Y is not None:
-            ordered.loss = float(np.mean(net.loss.value(m[:, self.out], self.Y)))
-        return ordered
+            grads.loss = float(np.mean(net.loss.value(m[net.output], self.Y)))
+        return grads
 
     # ---------------------------------------------------------------- Jacobian
     def jacobian(self, x, z) -> sp.csr_matrix:

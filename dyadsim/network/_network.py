@@ -348,13 +348,18 @@ class Network:
     def beta(self, x0, dtype=np.float64) -> np.ndarray:
         """The drive beta(x0) = [W_in->v x0] + b: shape (n,) for 1-D x0, (B, n) for a batch."""
         X, single = self.check_x(x0)
-        out = np.zeros((X.shape[0], self.n), dtype=dtype)
+        out = self._beta(X, dtype)
+        return out[0] if single else out
+
+    def _beta(self, X, dtype=np.float64) -> np.ndarray:
+        """beta for an already validated (B, n_in) batch."""
+        out = np.empty((X.shape[0], self.n), dtype=dtype)
         for v in self.nodes:
             sl = self._blocks[v].slice
             out[:, sl] = self.bias_vector(v)
             if self.input in self.preds[v]:
                 out[:, sl] += self.edge_forward(self.input, v, X)
-        return out[0] if single else out
+        return out
 
     # ------------------------------------------------------------------ input checks
     def check_x(self, x, name="x") -> tuple[np.ndarray, bool]:
