@@ -74,7 +74,7 @@ def main(argv=None):
     t_sparse = best(lambda: np.asarray((W @ m.T).T) + beta, args.repeats)
     Wd = W.toarray()
     t_dense = best(lambda: m @ Wd.T + beta, args.repeats)
-    del Wd
+    Wd = None  # release the 500 MB
     t_bp = best(lambda: dyadsim.backprop(net, x, y), args.repeats)
     t_relax = best(lambda: dyadsim.relax(net, x, y, schedule="wavefront"), args.repeats)
     t_par = best(lambda: dyadsim.relax(net, x, y), 1)

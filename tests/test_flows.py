@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 
 import dyadsim
-from conftest import cases, make_batch, make_case, make_net, preacts, user_error
+from conftest import cases, make_batch, make_case, make_net, user_error
 
 H = 1e-6
 

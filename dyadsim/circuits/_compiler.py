@@ -217,7 +217,6 @@ def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_s
     def nm(kind, v, i, b):
         return node_name(kind, ids[v], i, b, B)
 
-    cap = tau * g
     c = Circuit(title=title or f"DBP circuit: {L}-deep network, {net.n} neurons, "
                                f"{B} sample(s), analysis {analysis}")
     c.header = [
@@ -312,24 +311,8 @@ def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_s
                 sec.add(Kind.R, f"{zn}", (zn, "0"), Num(1.0) / gP, cs)
                 sec.add(Kind.BI, f"{zn}", ("0", zn), gP * (drive - Num(0.5) * half), cs)
 
-    opts = dict(DEFAULT_OPTIONS)
-    if analysis == "tran":
-        opts.update(TRAN_OPTIONS)
-        t_stop = (6 * L + 30) if t_stop is None else t_stop
-        t_step = 0.05 if t_step is None else t_step
-        max_step = 0.05 if max_step is None else max_step
-        for nm_, val in (("t_stop", t_stop), ("t_step", t_step), ("max_step", max_step)):
-            if not (isinstance(val, (int, float)) and np.isfinite(val) and val > 0):
-                raise DyadsimError(f"{nm_} must be a positive number of tau, got {val!r}")
-        c.analysis = Analysis("tran", t_step * tau, t_stop * tau, max_step * tau)
-        c.initial_conditions = {n: 0.0 for pair in node_map.values() for n in pair}
-    if options:
-        for k, v in options.items():
-            if not re.fullmatch(r"[a-z][a-z0-9_]*", str(k)) or (
-                    not isinstance(v, (int, float, bool)) and not re.fullmatch(r"[a-z0-9_.+-]+", str(v))):
-                raise DyadsimError(f"invalid simulator option {k!r}={v!r}")
-        opts.update(options)
-    c.options = opts
+    set_analysis(c, analysis, net.depth, tau, node_map, t_stop, t_step, max_step,
+                 dict(DEFAULT_OPTIONS), options)
     writer = NgspiceNetlister()
     writer.write(c)
     text = writer.stream.getvalue()
@@ -338,6 +321,30 @@ def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_s
     nl.stats = c.stats()
     nl.compile_time = time.perf_counter() - t0
     return nl
+
+
+def set_analysis(c, analysis, L, tau, node_map, t_stop, t_step, max_step, opts, options):
+    """Analysis card, initial state (x = z = 0 for a transient) and validated ``.options``.
+
+    Transient settings are in units of tau (defaults: 6L + 30, 0.05, 0.05); ``opts`` are
+    the dialect's base options, ``options`` the user's (names and values checked, so no
+    text can reach the netlist through them)."""
+    if analysis == "tran":
+        opts.update(TRAN_OPTIONS)
+        t_stop = (6 * L + 30) if t_stop is None else t_stop
+        t_step = 0.05 if t_step is None else t_step
+        max_step = 0.05 if max_step is None else max_step
+        for name, val in (("t_stop", t_stop), ("t_step", t_step), ("max_step", max_step)):
+            if isinstance(val, bool) or not (isinstance(val, (int, float)) and np.isfinite(val) and val > 0):
+                raise DyadsimError(f"{name} must be a positive number of tau, got {val!r}")
+        c.analysis = Analysis("tran", t_step * tau, t_stop * tau, max_step * tau)
+        c.initial_conditions = {n: 0.0 for pair in node_map.values() for n in pair}
+    for k, v in (options or {}).items():
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", str(k)) or (
+                not isinstance(v, (int, float, bool)) and not re.fullmatch(r"[a-z0-9_.+-]+", str(v))):
+            raise DyadsimError(f"invalid simulator option {k!r}={v!r}")
+    opts.update(options or {})
+    c.options = opts
 
 
 def _row(M, i):

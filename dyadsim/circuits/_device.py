@@ -34,7 +34,6 @@ behavioural dialect, so :func:`dyadsim.readout` reads either.  Supported: ``tanh
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -44,10 +43,11 @@ import scipy.sparse as sp
 
 from ..errors import DyadsimError
 from ._compiler import (
-    DEFAULT_OPTIONS, GAIN_NODE, TAU_NODE, TRAN_OPTIONS, Netlist, describe_network, layer_identifiers, node_name,
+    DEFAULT_OPTIONS, GAIN_NODE, TAU_NODE, Netlist, describe_network, layer_identifiers, node_name,
+    set_analysis,
     target_node,
 )
-from ._ir import Analysis, Circuit, Element, Kind, Num, Param, Section, Volt, safe_identifier
+from ._ir import Circuit, Element, Kind, Num, Param, Section, Volt, safe_identifier
 from ._writer import NgspiceNetlister, format_number
 
 __all__ = [
@@ -571,22 +571,7 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
     opts = dict(DEFAULT_OPTIONS)
     opts.update(DEVICE_OPTIONS)
     opts.update({"temp": float(temp), "tnom": float(temp)})
-    if analysis == "tran":
-        opts.update(TRAN_OPTIONS)
-        t_stop = (6 * L + 30) if t_stop is None else t_stop
-        t_step = 0.05 if t_step is None else t_step
-        max_step = 0.05 if max_step is None else max_step
-        for nm_, val in (("t_stop", t_stop), ("t_step", t_step), ("max_step", max_step)):
-            _check_number(nm_, val, positive=True)
-        c.analysis = Analysis("tran", t_step * tau, t_stop * tau, max_step * tau)
-        c.initial_conditions = {nd: 0.0 for pair in node_map.values() for nd in pair}
-    if options:
-        for k, val in options.items():
-            if not re.fullmatch(r"[a-z][a-z0-9_]*", str(k)) or (
-                    not isinstance(val, (int, float, bool)) and not re.fullmatch(r"[a-z0-9_.+-]+", str(val))):
-                raise DyadsimError(f"invalid simulator option {k!r}={val!r}")
-        opts.update(options)
-    c.options = opts
+    set_analysis(c, analysis, L, tau, node_map, t_stop, t_step, max_step, opts, options)
     if opamp.offset != 0.0:
         c = add_opamp_offsets(c, {el.name: opamp.offset for el in c.elements() if is_opamp(el)})
     text = write_circuit(c)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import click
-import numpy as np
 
 from ._main import build_network, cli, net_options, random_batch
 

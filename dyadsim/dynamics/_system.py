@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import DyadsimError
 from .._util import check_dtype
 from ._gradients import Gradients
 

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Hashable, Iterator
+from typing import Hashable
 
 import networkx as nx
 import numpy as np
@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from ..errors import DyadsimError
 from ._activations import Activation, get_activation
-from ._edges import EdgeOp, make_edge_op
+from ._edges import make_edge_op
 from ._losses import Loss, get_loss
 
 __all__ = ["Network", "ParamKey", "load"]

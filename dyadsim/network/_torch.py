@@ -67,7 +67,6 @@ def from_torch(module, input_shape, loss="mse") -> Network:
     of the result use PyTorch's parameter shapes: Linear (out, in), Conv2d
     (C_out, C_in, kh, kw), biases (out,) / (C_out,).
     """
-    torch = _torch()
     if isinstance(input_shape, (int, np.integer)):
         input_shape = (int(input_shape),)
     input_shape = tuple(int(d) for d in input_shape)
