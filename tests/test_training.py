@@ -15,8 +15,6 @@ from dyadsim.training import (
     EPOCH_FIELDS, SGD, Adam, History, TrainingDiverged, make_optimizer, train,
 )
 
-HAS_SPICE = hasattr(dyadsim, "spice_gradients")
-needs_spice = pytest.mark.skipif(not HAS_SPICE, reason="dyadsim.spice_gradients is not available yet")
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -133,32 +131,23 @@ def test_eta_half_with_fixed_step_budget(digits_small):
     assert he.relax_max == [80]
 
 
-def test_ode_training_tracks_backprop():
-    data = ds.xor(n=64, seed=0)
-    nets, hists = [], []
-    for method in ("backprop", "ode"):
+@pytest.mark.parametrize("method, rtol", [
+    ("ode", 1e-6),
+    pytest.param("spice", 1e-4, marks=pytest.mark.spice),
+])
+def test_analog_and_ode_training_track_backprop(method, rtol):
+    data = ds.xor(n=64 if method == "ode" else 48, seed=0)
+    hists = {}
+    for m in ("backprop", method):
         net = dyadsim.mlp("2-4-2", loss="xent", seed=0)
-        hists.append(train(net, data, method=method, optimizer="adam", lr=0.05, epochs=1,
-                           batch_size=16, progress=False))
-        nets.append(params_of(net))
-    hb, ho = hists
-    np.testing.assert_allclose(ho.train_loss, hb.train_loss, rtol=1e-6)
-    assert ho.relax_unit == "tau" and ho.relax_mean[0] > 0
-
-
-@needs_spice
-@pytest.mark.spice
-def test_spice_training_tracks_backprop():
-    data = ds.xor(n=48, seed=0)
-    nets, hists = [], []
-    for method in ("backprop", "spice"):
-        net = dyadsim.mlp("2-4-2", loss="xent", seed=0)
-        hists.append(train(net, data, method=method, optimizer="adam", lr=0.05, epochs=1,
-                           batch_size=16, progress=False))
-        nets.append(params_of(net))
-    hb, hs = hists
-    np.testing.assert_allclose(hs.train_loss, hb.train_loss, rtol=1e-4)
-    assert hs.test_accuracy == hb.test_accuracy
+        hists[m] = train(net, data, method=m, optimizer="adam", lr=0.05, epochs=1,
+                         batch_size=16, progress=False)
+    hb, hm = hists["backprop"], hists[method]
+    np.testing.assert_allclose(hm.train_loss, hb.train_loss, rtol=rtol)
+    if method == "ode":
+        assert hm.relax_unit == "tau" and hm.relax_mean[0] > 0
+    else:
+        assert hm.test_accuracy == hb.test_accuracy
 
 
 def test_float32_gradients_train_close_to_float64(digits_small):
@@ -357,7 +346,7 @@ def test_progress_bar_runs(digits_small, capsys):
 
 # ----------------------------------------------------------------------------- experiments
 @pytest.mark.parametrize("name", ["accuracy", "steps", "precision",
-                                  pytest.param("analog", marks=[needs_spice, pytest.mark.spice])])
+                                  pytest.param("analog", marks=[pytest.mark.spice])])
 def test_experiment_quick_writes_outputs(name, tmp_path):
     from dyadsim.training.experiments import run_experiment
 
