@@ -113,8 +113,40 @@ def _lookup(table: dict, key: str, what: str):
 # --------------------------------------------------------------------------- results
 
 
+class _Vectors:
+    """Name lookups shared by the result types (``voltages``/``currents`` dicts, lowercase)."""
+
+    def v(self, node: str):
+        """Voltage of ``node`` (name as in the netlist, any case; ``"v(node)"`` accepted):
+        a float for an operating point, a waveform for a transient."""
+        kind, key = _split_key(node)
+        return _lookup(self.voltages, key, "node")
+
+    def i(self, element: str):
+        """Current through ``element`` (a voltage source or inductor; ``"i(v1)"`` accepted)."""
+        kind, key = _split_key(element)
+        return _lookup(self.currents, key, "branch current")
+
+    def __getitem__(self, key: str):
+        kind, name = _split_key(key)
+        if kind == "current":
+            return _lookup(self.currents, name, "branch current")
+        return _lookup(self.voltages, name, "node")
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        kind, name = _split_key(key)
+        return name in (self.currents if kind == "current" else self.voltages)
+
+    @property
+    def nodes(self) -> list[str]:
+        """Node names (lowercase), in ngspice's order."""
+        return list(self.voltages)
+
+
 @dataclass(frozen=True)
-class OperatingPoint:
+class OperatingPoint(_Vectors):
     """DC operating point: node voltages and branch currents, keys lowercased.
 
     ``op.v("out")`` (case-insensitive) and ``op["out"]`` give a node voltage;
@@ -128,40 +160,13 @@ class OperatingPoint:
     backend: str = ""
     log: str = field(default="", repr=False)
 
-    def v(self, node: str) -> float:
-        """Voltage of ``node`` (name as in the netlist, any case; ``"v(node)"`` accepted)."""
-        kind, key = _split_key(node)
-        return _lookup(self.voltages, key, "node")
-
-    def i(self, element: str) -> float:
-        """Current through ``element`` (a voltage source or inductor; ``"i(v1)"`` accepted)."""
-        kind, key = _split_key(element)
-        return _lookup(self.currents, key, "branch current")
-
-    def __getitem__(self, key: str) -> float:
-        kind, name = _split_key(key)
-        if kind == "current":
-            return _lookup(self.currents, name, "branch current")
-        return _lookup(self.voltages, name, "node")
-
-    def __contains__(self, key: object) -> bool:
-        if not isinstance(key, str):
-            return False
-        kind, name = _split_key(key)
-        return name in (self.currents if kind == "current" else self.voltages)
-
-    @property
-    def nodes(self) -> list[str]:
-        """Node names (lowercase), in ngspice's order."""
-        return list(self.voltages)
-
 
 @dataclass(frozen=True, eq=False)
-class Transient:
+class Transient(_Vectors):
     """Transient waveforms: ``time`` and per-node/per-branch arrays of the same length.
 
-    Arrays are read-only.  ``tr.v("out")`` gives a waveform; ``tr.final()`` gives an
-    :class:`OperatingPoint` of the values at the last time point.
+    Arrays are read-only.  ``tr.v("out")`` gives a waveform; ``tr["time"]`` the time axis;
+    ``tr.final()`` gives an :class:`OperatingPoint` of the values at the last time point.
     """
 
     time: np.ndarray
@@ -171,29 +176,11 @@ class Transient:
     backend: str = ""
     log: str = field(default="", repr=False)
 
-    def v(self, node: str) -> np.ndarray:
-        """Waveform of the voltage at ``node`` (any case; ``"v(node)"`` accepted)."""
-        kind, key = _split_key(node)
-        return _lookup(self.voltages, key, "node")
-
-    def i(self, element: str) -> np.ndarray:
-        """Waveform of the current through ``element`` (``"i(v1)"`` accepted)."""
-        kind, key = _split_key(element)
-        return _lookup(self.currents, key, "branch current")
-
     def __getitem__(self, key: str) -> np.ndarray:
         kind, name = _split_key(key)
-        if kind == "current":
-            return _lookup(self.currents, name, "branch current")
-        if name == "time":
+        if kind != "current" and name == "time":
             return self.time
-        return _lookup(self.voltages, name, "node")
-
-    def __contains__(self, key: object) -> bool:
-        if not isinstance(key, str):
-            return False
-        kind, name = _split_key(key)
-        return name in (self.currents if kind == "current" else self.voltages)
+        return super().__getitem__(key)
 
     def final(self) -> OperatingPoint:
         """The last time point as an :class:`OperatingPoint` (same keys, float values)."""
@@ -204,11 +191,6 @@ class Transient:
             backend=self.backend,
             log=self.log,
         )
-
-    @property
-    def nodes(self) -> list[str]:
-        """Node names (lowercase), in ngspice's order."""
-        return list(self.voltages)
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
