@@ -4,9 +4,10 @@ from ._backprop import backprop
 from ._euler import SCHEDULES, RelaxResult, relax
 from ._flows import energy, flow, flow_jacobian, flow_md
 from ._gradients import Gradients
+from ._result import GradientResult
 from ._ode import ODE_METHODS, ContinuousResult, relax_continuous
 
 __all__ = [
     "backprop", "relax", "RelaxResult", "SCHEDULES", "relax_continuous", "ContinuousResult",
-    "ODE_METHODS", "energy", "flow", "flow_md", "flow_jacobian", "Gradients",
+    "ODE_METHODS", "energy", "flow", "flow_md", "flow_jacobian", "Gradients", "GradientResult",
 ]

@@ -9,6 +9,7 @@ import numpy as np
 from ..errors import ConvergenceError, DyadsimError
 from .._util import check_eta
 from ._gradients import Gradients
+from ._result import GradientResult
 from ._system import System
 
 __all__ = ["relax", "RelaxResult", "SCHEDULES"]
@@ -16,8 +17,8 @@ __all__ = ["relax", "RelaxResult", "SCHEDULES"]
 SCHEDULES = ("parallel", "wavefront")
 
 
-@dataclass
-class RelaxResult:
+@dataclass(repr=False)
+class RelaxResult(GradientResult):
     """Outcome of :func:`relax`.
 
     ``grads`` are read out of the final state; ``steps`` Euler steps were taken;
@@ -38,6 +39,7 @@ class RelaxResult:
     history_x: np.ndarray | None = field(default=None, repr=False)
     history_z: np.ndarray | None = field(default=None, repr=False)
     stalled: bool = False  # stopped at the rounding floor of dtype before reaching tol
+    info: dict = field(default_factory=dict)
 
     @property
     def m(self) -> np.ndarray:
@@ -56,9 +58,6 @@ class RelaxResult:
             return None
         return self.history_x, self.history_z
 
-    @property
-    def loss(self):
-        return self.grads.loss
 
 
 def _default_tol(dtype) -> float:

@@ -9,6 +9,7 @@ from scipy.integrate import DOP853, LSODA, RK23, RK45, BDF, Radau
 
 from ..errors import ConvergenceError, DyadsimError
 from ._gradients import Gradients
+from ._result import GradientResult
 from ._system import System
 
 __all__ = ["relax_continuous", "ContinuousResult", "ODE_METHODS"]
@@ -17,8 +18,8 @@ ODE_METHODS = {"RK45": RK45, "RK23": RK23, "DOP853": DOP853, "Radau": Radau, "BD
 _IMPLICIT = ("Radau", "BDF", "LSODA")
 
 
-@dataclass
-class ContinuousResult:
+@dataclass(repr=False)
+class ContinuousResult(GradientResult):
     """Outcome of :func:`relax_continuous`.
 
     ``t_settle`` is the time (units of tau) after which m and d stay within
@@ -41,6 +42,7 @@ class ContinuousResult:
     t: np.ndarray | None = field(default=None, repr=False)
     x_t: np.ndarray | None = field(default=None, repr=False)
     z_t: np.ndarray | None = field(default=None, repr=False)
+    info: dict = field(default_factory=dict)
 
     @property
     def m(self):
@@ -50,9 +52,6 @@ class ContinuousResult:
     def d(self):
         return self.x - self.z
 
-    @property
-    def loss(self):
-        return self.grads.loss
 
 
 def relax_continuous(net, x, y, *, method="DOP853", rtol=1e-10, atol=1e-13, tol=1e-11,

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..circuits._compiler import GAIN_NODE, TAU_NODE, compile_netlist, layer_identifiers, node_name, target_node
 from ..dynamics._gradients import Gradients
+from ..dynamics._result import GradientResult
 from ..dynamics._system import System
 from ..errors import DyadsimError
 
@@ -136,8 +137,8 @@ def relaxation_trace(net, tran, *, tau=None, gain=None, max_points=300):
     return {"t": t[idx] / tau, "m": m, "d": d, "grad_error": err}
 
 
-@dataclass
-class SpiceGradients:
+@dataclass(repr=False)
+class SpiceGradients(GradientResult):
     """Result of :func:`spice_gradients`: ``grads``, the netlist(s), the simulator
     result(s), and ``info`` (timings, sizes, settling time for transients)."""
 
