@@ -15,11 +15,11 @@ from .network import (
     ACTIVATIONS, LOSSES, AvgPool2d, Conv2d, Dense, Network, from_torch, load, mlp, random_dag, to_torch,
 )
 from .dynamics import (
-    ContinuousResult, Gradients, RelaxResult, backprop, energy, flow, flow_jacobian, flow_md,
+    ODE, Backprop, ContinuousResult, Euler, GradientResult, Gradients, Method, RelaxResult, backprop, energy, flow, flow_jacobian, flow_md,
     relax, relax_continuous,
 )
 from .readout import (
-    Comparison, SpiceGradients, angle, compare, plot_relaxation, readout, relaxation_trace,
+    METHODS, Comparison, Spice, get_method, SpiceGradients, angle, compare, plot_relaxation, readout, relaxation_trace,
     spice_gradients,
 )
 from .circuits import Netlist, compile_netlist
@@ -32,6 +32,7 @@ __all__ = [
     "ConvergenceError", "DyadsimError", "DyadsimException", "SimulatorError",
     "ACTIVATIONS", "LOSSES", "Network", "load", "mlp", "random_dag", "from_torch", "to_torch",
     "Conv2d", "AvgPool2d", "Dense",
+    "GradientResult", "Method", "Backprop", "Euler", "ODE", "Spice", "METHODS", "get_method",
     "ContinuousResult", "Gradients", "RelaxResult", "backprop", "energy", "flow",
     "flow_jacobian", "flow_md", "relax", "relax_continuous",
     "Comparison", "angle", "compare",

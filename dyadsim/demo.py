@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-import dyadsim
+from .network import mlp
+from .readout import compare, get_method, plot_relaxation
 
 
 def main(argv=None) -> int:
@@ -26,27 +27,28 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    net = dyadsim.mlp(args.net, activation="tanh", loss="xent", seed=0)
+    net = mlp(args.net, activation="tanh", loss="xent", seed=0)
     rng = np.random.default_rng(1)
     x = rng.random((4, net.n_in))
     y = np.eye(net.n_out)[rng.integers(0, net.n_out, 4)]
     print(net.summary(), "\n")
 
-    ref = dyadsim.backprop(net, x, y)
-    euler = dyadsim.relax(net, x, y, eta=1.0)
-    ode = dyadsim.relax_continuous(net, x, y)
-    op = dyadsim.spice_gradients(net, x, y, analysis="op")
-    tran = dyadsim.spice_gradients(net, x, y, analysis="tran")
+    # every method comes from the one registry (dyadsim.METHODS), called the same way
+    ref = get_method("backprop")(net, x, y).grads
+    euler = get_method("euler", eta=1.0)(net, x, y)
+    ode = get_method("ode")(net, x, y)
+    op = get_method("spice", analysis="op")(net, x, y)
+    tran = get_method("spice", analysis="tran")(net, x, y)
     op.netlist.write(out / "demo_op.cir")
     tran.netlist.write(out / "demo_tran.cir")
     net.save(out / "demo_net.npz")
-    dyadsim.plot_relaxation(net, tran.result, path=out / "relaxation.png")
+    plot_relaxation(net, tran.result, path=out / "relaxation.png")
 
     rows = [
-        (f"Euler eta=1 ({euler.steps} steps = 2L)", dyadsim.compare(euler.grads, ref)),
-        (f"ODE (DOP853, settles in {ode.t_settle:.1f} tau)", dyadsim.compare(ode.grads, ref)),
-        (f"ngspice .op ({op.info['elements']} elements)", dyadsim.compare(op.grads, ref)),
-        (f"ngspice .tran (settles in {tran.info['t_settle_tau']:.1f} tau)", dyadsim.compare(tran.grads, ref)),
+        (f"Euler eta=1 ({euler.steps} steps = 2L)", compare(euler.grads, ref)),
+        (f"ODE ({ode.method}, settles in {ode.t_settle:.1f} tau)", compare(ode.grads, ref)),
+        (f"ngspice .op ({op.info['elements']} elements)", compare(op.grads, ref)),
+        (f"ngspice .tran (settles in {tran.info['t_settle_tau']:.1f} tau)", compare(tran.grads, ref)),
     ]
     print(f"{'method':<44} {'max rel. error':>15} {'log10 angle':>12}")
     for name, c in rows:

@@ -8,7 +8,11 @@ from pathlib import Path
 import click
 import numpy as np
 
-METHODS = ("backprop", "euler", "ode", "spice")
+from ..network import param_name
+from ..readout import METHODS as _REGISTRY
+
+#: the method names of :data:`dyadsim.METHODS` (the registry serves every command)
+METHODS = tuple(_REGISTRY)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,9 +35,10 @@ def net_options(f):
         click.option("--output-activation", default=None,
                      help="Output activation (default: identity for xent, else --activation)."),
         click.option("--loss", default="mse", show_default=True, help="mse or xent."),
-        click.option("--seed", default=0, show_default=True, type=int,
+        click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
                      help="Seed of the weights and of the random batch."),
-        click.option("--batch", default=8, show_default=True, type=int, help="Batch size of the random inputs."),
+        click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1),
+                     help="Batch size of the random inputs."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -42,12 +47,12 @@ def net_options(f):
 
 def build_network(net_spec, activation="tanh", output_activation=None, loss="mse", seed=0):
     """A network from a size spec or a saved file."""
-    import dyadsim
+    from ..network import load, mlp
 
     p = Path(net_spec)
     if p.suffix == ".npz" or p.exists():
-        return dyadsim.load(p)
-    return dyadsim.mlp(net_spec, activation=activation, output_activation=output_activation,
+        return load(p)
+    return mlp(net_spec, activation=activation, output_activation=output_activation,
                        loss=loss, seed=seed)
 
 
@@ -62,37 +67,69 @@ def random_batch(net, batch, seed):
     return x, y
 
 
-def gradients_by(method, net, x, y, *, eta=1.0, schedule="parallel", ode_method="DOP853",
+def gradients_by(method, net, x, y, *, eta=1.0, schedule="auto", ode_method=None,
                  spice_options=None):
-    """Gradients of one method, plus a dict of facts about the run."""
-    import dyadsim
+    """Gradients of one method (a name of :data:`dyadsim.METHODS`), plus its ``info``."""
+    from ..readout import get_method
 
-    if method == "backprop":
-        return dyadsim.backprop(net, x, y), {}
-    if method == "euler":
-        r = dyadsim.relax(net, x, y, eta=eta, schedule=schedule)
-        return r.grads, {"steps": r.steps, "eta": eta, "schedule": schedule}
-    if method == "ode":
-        r = dyadsim.relax_continuous(net, x, y, method=ode_method)
-        return r.grads, {"t_settle_tau": r.t_settle, "t_final_tau": r.t_final, "nfev": r.nfev}
-    if method == "spice":
-        r = dyadsim.spice_gradients(net, x, y, **(spice_options or {}))
-        return r.grads, {k: v for k, v in r.info.items()}
-    raise click.BadParameter(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if method not in METHODS:
+        raise click.BadParameter(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    options = {"euler": {"eta": eta, "schedule": schedule},
+               "ode": {"solver": ode_method},
+               "spice": dict(spice_options or {})}.get(method, {})
+    r = get_method(method, **options)(net, x, y)
+    info = {k: v for k, v in r.info.items() if k not in ("method",)}
+    return r.grads, info
+
+
+def _json_number(v):
+    """A float for JSON: NaN and infinities become None (JSON has neither)."""
+    v = float(v)
+    return v if np.isfinite(v) else None
 
 
 def _grads_to_json(grads):
-    from ..readout._compare import _key_name
+    out = {}
+    for k, v in grads.items():
+        a = np.asarray(v, dtype=float)
+        if np.all(np.isfinite(a)):
+            out[param_name(k)] = a.tolist()
+        else:
+            out[param_name(k)] = np.where(np.isfinite(a), a, np.nan).astype(object).tolist()
+            out[param_name(k)] = _nan_to_none(out[param_name(k)])
+    return out
 
-    return {_key_name(k): np.asarray(v).tolist() for k, v in grads.items()}
+
+def _nan_to_none(x):
+    if isinstance(x, list):
+        return [_nan_to_none(e) for e in x]
+    return None if (isinstance(x, float) and not np.isfinite(x)) else x
+
+
+def _jsonable(obj):
+    """Plain JSON values (no NaN/inf, no numpy scalars) for info dicts."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return _json_number(obj)
+    if obj is None or isinstance(obj, str):
+        return obj
+    return repr(obj)
 
 
 @cli.command()
 @net_options
 @click.option("--method", type=click.Choice(METHODS), default="backprop", show_default=True)
 @click.option("--eta", default=1.0, show_default=True, type=float, help="Euler step (euler).")
-@click.option("--schedule", type=click.Choice(["parallel", "wavefront"]), default="parallel",
-              show_default=True, help="Euler schedule.")
+@click.option("--schedule", type=click.Choice(["auto", "parallel", "wavefront"]), default="auto",
+              show_default=True,
+              help="Euler schedule (auto: the wavefront at eta=1, else parallel).")
 @click.option("--json", "as_json", is_flag=True, help="Print the gradients as JSON.")
 def grad(net_spec, activation, output_activation, loss, seed, batch, method, eta, schedule, as_json):
     """Gradients of a network on a random batch, by one method."""
@@ -100,15 +137,13 @@ def grad(net_spec, activation, output_activation, loss, seed, batch, method, eta
     x, y = random_batch(net, batch, seed)
     grads, info = gradients_by(method, net, x, y, eta=eta, schedule=schedule)
     if as_json:
-        click.echo(json.dumps({"method": method, "loss": grads.loss, "info": info,
-                               "gradients": _grads_to_json(grads)}))
+        click.echo(json.dumps({"method": method, "loss": _jsonable(grads.loss), "info": _jsonable(info),
+                               "gradients": _grads_to_json(grads)}, allow_nan=False))
         return
     click.echo(net.summary())
     click.echo(f"method: {method}  loss: {grads.loss}  {info}")
     for k, v in grads.items():
-        from ..readout._compare import _key_name
-
-        click.echo(f"  {_key_name(k):<28} shape {str(np.shape(v)):<12} norm {np.linalg.norm(v):.6e}")
+        click.echo(f"  {param_name(k):<28} shape {str(np.shape(v)):<12} norm {np.linalg.norm(v):.6e}")
 
 
 @cli.command()
@@ -119,13 +154,17 @@ def grad(net_spec, activation, output_activation, loss, seed, batch, method, eta
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 def compare(net_spec, activation, output_activation, loss, seed, batch, methods, eta, as_json):
     """Compare the gradients of several methods against the first one."""
-    import dyadsim
+    from ..readout import compare as compare_fn
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     bad = [m for m in names if m not in METHODS]
     if bad or not names:
         raise click.BadParameter(f"unknown method(s) {bad}; valid: {', '.join(METHODS)}",
                                  param_hint="--methods")
+    if len(names) < 2:
+        raise click.BadParameter(
+            f"give at least two methods (the first is the reference), got {names}",
+            param_hint="--methods")
     net = build_network(net_spec, activation, output_activation, loss, seed)
     x, y = random_batch(net, batch, seed)
     results = {m: gradients_by(m, net, x, y, eta=eta) for m in names}
@@ -133,15 +172,15 @@ def compare(net_spec, activation, output_activation, loss, seed, batch, methods,
     ref = results[ref_name][0]
     out = []
     for m in names[1:]:
-        c = dyadsim.compare(results[m][0], ref, label=m, reference_label=ref_name)
+        c = compare_fn(results[m][0], ref, label=m, reference_label=ref_name)
         out.append((m, c, results[m][1]))
     if as_json:
         click.echo(json.dumps({
             "network": {"sizes": [net.sizes[v] for v in (net.input,) + net.nodes], "depth": net.depth,
                         "loss": net.loss.name},
             "reference": ref_name,
-            "comparisons": [dict(c.to_dict(), info=info) for m, c, info in out],
-        }, indent=2))
+            "comparisons": [dict(c.to_dict(), info=_jsonable(info)) for m, c, info in out],
+        }, indent=2, allow_nan=False))
         return
     click.echo(net.summary())
     for m, c, info in out:

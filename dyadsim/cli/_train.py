@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from ._main import cli
+from ._main import METHODS, cli
 
-TRAIN_METHODS = ("backprop", "euler", "ode", "spice")
+TRAIN_METHODS = METHODS
 #: kept in step with dyadsim.training.experiments.EXPERIMENTS (a test checks it); listed
 #: here so that ``dyadsim --help`` does not import matplotlib
 EXPERIMENT_NAMES = ("accuracy", "steps", "precision", "analog")
@@ -25,7 +25,10 @@ EXPERIMENT_NAMES = ("accuracy", "steps", "precision", "analog")
               help="Gradient source.")
 @click.option("--eta", default=1.0, show_default=True, type=float,
               help="Euler step in units of tau (method euler).")
-@click.option("--steps", "relax_steps", default=None, type=int,
+@click.option("--schedule", type=click.Choice(["auto", "parallel", "wavefront"]), default="auto",
+              show_default=True,
+              help="Euler schedule (method euler; auto: the wavefront at eta=1, else parallel).")
+@click.option("--steps", "relax_steps", default=None, type=click.IntRange(min=0),
               help="Fixed number of Euler steps per minibatch (method euler; default: 2L at "
                    "eta=1, else relax's own stopping rule).")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="adam", show_default=True)
@@ -46,7 +49,7 @@ EXPERIMENT_NAMES = ("accuracy", "steps", "precision", "analog")
 @click.option("--json", "as_json", is_flag=True, help="Print the history as JSON.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar (on stderr).")
-def train(net_spec, data, method, eta, relax_steps, optimizer, lr, momentum, epochs, batch_size,
+def train(net_spec, data, method, eta, schedule, relax_steps, optimizer, lr, momentum, epochs, batch_size,
           seed, activation, loss, dtype, out_dir, as_json, progress):
     """Train a network where only the gradient source changes (backprop, DBP Euler, ODE, spice).
 
@@ -61,7 +64,15 @@ def train(net_spec, data, method, eta, relax_steps, optimizer, lr, momentum, epo
     from ._main import build_network
 
     net = build_network(net_spec, activation, None, loss, seed)
-    relax_options = {"steps": relax_steps} if relax_steps is not None else None
+    relax_options = {}
+    if method == "euler":
+        relax_options["schedule"] = schedule
+    elif schedule != "auto":
+        raise click.BadParameter("--schedule only applies to --method euler", param_hint="--schedule")
+    if relax_steps is not None:
+        if method != "euler":
+            raise click.BadParameter("--steps only applies to --method euler", param_hint="--steps")
+        relax_options["steps"] = relax_steps
     opt_options = {"momentum": momentum} if optimizer == "sgd" and momentum else None
     ckpt = None
     if out_dir is not None:
@@ -70,7 +81,7 @@ def train(net_spec, data, method, eta, relax_steps, optimizer, lr, momentum, epo
                     epochs=epochs, batch_size=batch_size, seed=seed,
                     dtype=np.float64 if dtype == "float64" else np.float32,
                     checkpoint_dir=ckpt, progress=progress and not as_json,
-                    relax_options=relax_options, optimizer_options=opt_options)
+                    relax_options=relax_options or None, optimizer_options=opt_options)
     if ckpt is not None:
         hist.to_json(ckpt / "history.json")
         hist.to_csv(ckpt / "history.csv")

@@ -3,6 +3,7 @@
 from ._activations import ACTIVATIONS, Activation, get_activation
 from ._builders import mlp, parse_sizes, random_dag
 from ._losses import LOSSES, Loss, get_loss
+from ._names import param_name
 from ._network import Network, load
 from ._torch import from_torch, to_torch
 from ._edges import EDGE_OPS, AvgPool2d, Conv2d, Dense, EdgeOp
@@ -10,5 +11,5 @@ from ._edges import EDGE_OPS, AvgPool2d, Conv2d, Dense, EdgeOp
 __all__ = [
     "ACTIVATIONS", "Activation", "get_activation", "LOSSES", "Loss", "get_loss",
     "Network", "load", "mlp", "random_dag", "parse_sizes", "from_torch", "to_torch",
-    "EDGE_OPS", "EdgeOp", "Dense", "Conv2d", "AvgPool2d",
+    "EDGE_OPS", "EdgeOp", "Dense", "Conv2d", "AvgPool2d", "param_name",
 ]

@@ -156,32 +156,48 @@ class SpiceGradients(GradientResult):
         return self.results[0]
 
 
+DIALECTS = ("behavioral", "device")
+
+
 def spice_gradients(net, x, y, *, analysis="op", gain=1.0, backend="auto", per_sample=False,
                     processes=2, timeout=600.0, keep_files=False, settle_tol=1e-6,
-                    **compile_options) -> SpiceGradients:
+                    dialect="behavioral", **compile_options) -> SpiceGradients:
     """Compile -> simulate in ngspice -> read out: the analog path's gradients.
 
     ``per_sample=True`` compiles one netlist per sample and runs them in parallel
     (``processes`` ngspice subprocesses); otherwise the whole batch is one netlist.  The
     readout averages over the batch like the digital path.  Transients report
     ``info["t_settle_tau"]``: when the gradient readout came within ``settle_tol`` of its
-    final value.
+    final value.  ``dialect`` picks the compiler: ``"behavioral"``
+    (:func:`~dyadsim.compile_netlist`) or ``"device"`` (op-amps, conductance crossbars and
+    BJT pairs: :func:`~dyadsim.circuits.compile_device_netlist`, tanh/identity and mse only).
+    ``backend`` and ``keep_files`` apply with ``per_sample=True`` too (several samples
+    always run as ``ngspice -b`` subprocesses, in parallel).
     """
     from ..simulator import simulate, simulate_many
+    from ..circuits import compile_device_netlist
 
+    if dialect not in DIALECTS:
+        raise DyadsimError(f"unknown dialect {dialect!r}; valid: {', '.join(DIALECTS)}")
+    compile_fn = compile_netlist if dialect == "behavioral" else compile_device_netlist
     X, Y, _ = net.check_xy(x, y)
     t0 = time.perf_counter()
     if per_sample and X.shape[0] > 1:
-        netlists = [compile_netlist(net, X[b], Y[b], analysis=analysis, gain=gain, **compile_options)
+        netlists = [compile_fn(net, X[b], Y[b], analysis=analysis, gain=gain, **compile_options)
                     for b in range(X.shape[0])]
     else:
-        netlists = [compile_netlist(net, X, Y, analysis=analysis, gain=gain, **compile_options)]
+        netlists = [compile_fn(net, X, Y, analysis=analysis, gain=gain, **compile_options)]
     t1 = time.perf_counter()
     if len(netlists) == 1:
         results = [simulate(netlists[0], analysis=analysis, backend=backend, timeout=timeout,
                             keep_files=keep_files)]
     else:
-        results = simulate_many(netlists, analysis=analysis, processes=processes, timeout=timeout)
+        if backend not in ("auto", "subprocess"):
+            raise DyadsimError(
+                f"per_sample=True runs the samples as parallel ngspice subprocesses; backend "
+                f"{backend!r} cannot do that (use backend='auto' or 'subprocess')")
+        results = simulate_many(netlists, analysis=analysis, processes=processes, timeout=timeout,
+                                keep_files=keep_files)
     t2 = time.perf_counter()
     parts = [readout(net, r, gain=gain) for r in results]
     if len(parts) == 1:
@@ -192,6 +208,7 @@ def spice_gradients(net, x, y, *, analysis="op", gain=1.0, backend="auto", per_s
     grads.method = f"spice[{analysis}]"
     info = {
         "analysis": analysis,
+        "dialect": dialect,
         "netlists": len(netlists),
         "elements": int(sum(n.stats["elements"] for n in netlists)),
         "compile_s": t1 - t0,

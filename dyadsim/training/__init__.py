@@ -19,7 +19,10 @@ __all__ = [
 def __getattr__(name):
     # the experiments pull in matplotlib: load them only when asked for
     if name in ("EXPERIMENTS", "run_experiment", "experiments"):
-        from . import experiments
+        import importlib
 
+        # import_module, not "from . import experiments": the latter looks the name up on
+        # this package first, which re-enters this __getattr__ (RecursionError)
+        experiments = importlib.import_module(f"{__name__}.experiments")
         return experiments if name == "experiments" else getattr(experiments, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,15 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validate import check_dtype, check_eta
 from ..errors import ConvergenceError, DyadsimError
+from ..dynamics import Method
+from ..readout import METHODS, get_method
 from ._history import History
 from ._optim import Optimizer, make_optimizer
 
-__all__ = ["train", "METHODS", "TrainingDiverged", "evaluate", "gradient_source"]
+__all__ = ["train", "METHODS", "TrainingDiverged", "evaluate", "gradient_source", "resolve_method"]
 
-METHODS = ("backprop", "euler", "ode", "spice")
 _DATASETS_BY_NAME = ("digits", "xor", "moons", "mnist", "fashion_mnist")
-_RELAX_UNITS = {"backprop": None, "euler": "steps", "ode": "tau", "spice": None}
 
 
 class TrainingDiverged(ConvergenceError):
@@ -130,60 +131,77 @@ def _targets(data, y):
 
 
 # ---------------------------------------------------------------------- gradient sources
+def resolve_method(method="backprop", eta=1.0, dtype=np.float64, relax_options=None,
+                   spice_options=None) -> Method:
+    """The method object ``train`` uses: ``method`` is a name of :data:`dyadsim.METHODS`,
+    a Method class or a Method object; ``eta``, ``dtype``, ``relax_options`` and
+    ``spice_options`` fill in the options of a method given by name (they must not be
+    given with a method object, which carries its own options).
+
+    Returns
+    -------
+    Method
+    """
+    dtype = check_dtype(dtype)
+    if isinstance(method, Method):
+        if relax_options or spice_options:
+            raise DyadsimError("relax_options/spice_options cannot be combined with a method "
+                               "object: give the options to the object itself")
+        return method
+    name = method.name if isinstance(method, type) and issubclass(method, Method) else method
+    if not isinstance(name, str) or name.strip().lower() not in METHODS:
+        raise DyadsimError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    name = name.strip().lower()
+    for label, opts, wanted in (("relax_options", relax_options, ("euler", "ode")),
+                                ("spice_options", spice_options, ("spice",))):
+        if opts is not None and not isinstance(opts, dict):
+            raise DyadsimError(f"{label} must be a dict of keyword arguments, got {type(opts).__name__}")
+        if opts and name not in wanted:
+            raise DyadsimError(f"{label} only apply to method={' or '.join(map(repr, wanted))}, "
+                               f"not {name!r}")
+    if name == "backprop":
+        return get_method("backprop", dtype=dtype)
+    if name == "euler":
+        opts = dict(relax_options or {})
+        for k in ("net", "x", "y", "eta", "dtype", "record"):
+            if k in opts:
+                raise DyadsimError(f"relax_options: reserved option {k!r} (set by train)")
+        eta = check_eta(eta)
+        if opts.get("schedule", "auto") == "auto":
+            opts.pop("schedule", None)
+        return _with_label("relax_options", lambda: get_method("euler", eta=eta, dtype=dtype, **opts))
+    if name == "ode":
+        opts = dict(relax_options or {})
+        for k in ("net", "x", "y", "dtype", "record"):
+            if k in opts:
+                raise DyadsimError(f"relax_options: reserved option {k!r} (set by train)")
+        if "method" in opts:
+            opts["solver"] = opts.pop("method")
+        return _with_label("relax_options", lambda: get_method("ode", dtype=dtype, **opts))
+    return _with_label("spice_options", lambda: get_method("spice", **dict(spice_options or {})))
+
+
+def _with_label(label, make):
+    try:
+        return make()
+    except DyadsimError as exc:
+        raise DyadsimError(f"{label}: {exc}") from None
+
+
 def gradient_source(method="backprop", eta=1.0, dtype=np.float64, relax_options=None,
                     spice_options=None):
     """A function ``(net, x, y) -> (Gradients, loss, effort)`` for one method.
 
     ``effort`` is the Euler step count (``"euler"``), the settling time in units of tau
-    (``"ode"``, and ``"spice"`` with a transient analysis) or ``None``.  Arguments are validated here, once.
+    (``"ode"``, and ``"spice"`` with a transient analysis) or ``None``.  Arguments are
+    validated here, once (see :func:`resolve_method`).
     """
-    import dyadsim
-    from .._util import check_dtype, check_eta
-
-    if not isinstance(method, str) or method.strip().lower() not in METHODS:
-        raise DyadsimError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
-    method = method.strip().lower()
-    dtype = check_dtype(dtype)
-    if method == "backprop":
-        if relax_options:
-            raise DyadsimError("relax_options only apply to method='euler' or 'ode'")
-
-        def fn(net, x, y):
-            g = dyadsim.backprop(net, x, y, dtype=dtype)
-            return g, g.loss, None
-        return fn
-    if method == "euler":
-        eta = check_eta(eta)
-        opts = _check_options("relax_options", relax_options, dyadsim.relax,
-                              ("net", "x", "y", "eta", "dtype", "record"))
-
-        def fn(net, x, y):
-            r = dyadsim.relax(net, x, y, eta=eta, dtype=dtype, **opts)
-            return r.grads, r.grads.loss, r.steps
-        return fn
-    if method == "ode":
-        opts = _check_options("relax_options", relax_options, dyadsim.relax_continuous,
-                              ("net", "x", "y", "dtype", "record"))
-
-        def fn(net, x, y):
-            r = dyadsim.relax_continuous(net, x, y, dtype=dtype, **opts)
-            return r.grads, r.grads.loss, r.t_settle
-        return fn
-    # spice: looked up at call time (the circuit back end is optional)
-    if spice_options is not None and not isinstance(spice_options, dict):
-        raise DyadsimError(f"spice_options must be a dict, got {type(spice_options).__name__}")
-    sopts = dict(spice_options or {})
+    m = resolve_method(method, eta, dtype, relax_options, spice_options)
 
     def fn(net, x, y):
-        spice = getattr(dyadsim, "spice_gradients", None)
-        if spice is None:
-            raise DyadsimError("method='spice' needs dyadsim.spice_gradients, which this "
-                               "installation does not provide")
-        r = spice(net, x, y, **sopts)
-        g = r.grads if hasattr(r, "grads") else r
-        loss = getattr(g, "loss", None)
-        info = getattr(r, "info", None) or {}
-        return g, loss, info.get("t_settle_tau")  # transient analyses report a settling time
+        r = m(net, x, y)
+        return r.grads, r.loss, m.effort(r)
+    fn.method = m
     return fn
 
 
@@ -240,11 +258,16 @@ def train(net, data="digits", method="backprop", eta=1.0, optimizer="sgd", lr=No
         weights from ``seed``), or a saved ``.npz`` network.
     data : a :class:`dyadsim.datasets.Dataset` or a name (``"digits"``, ``"xor"``,
         ``"moons"``; loaded with its defaults).
-    method : ``"backprop"`` (exact), ``"euler"`` (:func:`dyadsim.relax` with step ``eta``),
-        ``"ode"`` (:func:`dyadsim.relax_continuous`) or ``"spice"``
-        (``dyadsim.spice_gradients``, the ngspice circuit).
-    eta : Euler step (``method="euler"`` only).  At ``eta=1`` relax stops at exactly 2L
-        steps; otherwise it runs to its tolerance (``relax_options={"tol": ...}``).
+    method : a name of :data:`dyadsim.METHODS` -- ``"backprop"`` (exact), ``"euler"``
+        (:class:`dyadsim.Euler`: explicit Euler with step ``eta``), ``"ode"``
+        (:class:`dyadsim.ODE`) or ``"spice"`` (:class:`dyadsim.Spice`, the ngspice
+        circuit) -- or a method object such as ``dyadsim.Euler(eta=0.5, state="xz")``,
+        which carries its own options.
+    eta : Euler step (``method="euler"`` by name only).  At ``eta=1`` relax stops at
+        exactly 2L steps, with the fastest exact schedule (the wavefront) unless
+        ``relax_options={"schedule": "parallel"}``; the schedule used is in
+        ``History.config["schedule"]``.  Otherwise relax runs to its tolerance
+        (``relax_options={"tol": ...}``).
     optimizer : ``"sgd"``, ``"adam"`` or an :class:`~dyadsim.training.Optimizer`.
     lr : learning rate (default: SGD 0.05, Adam 1e-3).
     epochs, batch_size : minibatches are ``data.batches(batch_size, seed, epoch)``, the
@@ -268,8 +291,9 @@ def train(net, data="digits", method="backprop", eta=1.0, optimizer="sgd", lr=No
     (a :class:`~dyadsim.ConvergenceError`) naming the epoch and batch; the network is
     restored to its last good parameters and ``last.npz`` still holds them.
     """
-    method_name = method.strip().lower() if isinstance(method, str) else method
     grad_fn = gradient_source(method, eta, dtype, relax_options, spice_options)
+    method_obj = grad_fn.method
+    method_name = method_obj.name
     opt = make_optimizer(optimizer, lr, **(optimizer_options or {}))
     if not isinstance(opt, Optimizer):  # pragma: no cover - make_optimizer guarantees it
         raise DyadsimError("optimizer must be 'sgd', 'adam' or an Optimizer")
@@ -290,7 +314,10 @@ def train(net, data="digits", method="backprop", eta=1.0, optimizer="sgd", lr=No
     keys = list(net.params)
     hist = History(
         config={
-            "method": method_name, "eta": float(eta) if method_name == "euler" else None,
+            "method": method_name,
+            "eta": float(method_obj.options["eta"]) if method_name == "euler" else None,
+            "schedule": method_obj.resolved_schedule if method_name == "euler" else None,
+            "method_options": method_obj.config(),
             "optimizer": opt.config(), "lr": opt.lr, "epochs": epochs, "batch_size": batch_size,
             "seed": seed, "dtype": np.dtype(dtype).name, "data": data.name,
             "n_train": data.n_train, "n_test": data.n_test, "depth": net.depth,
@@ -299,7 +326,7 @@ def train(net, data="digits", method="backprop", eta=1.0, optimizer="sgd", lr=No
             "relax_options": _jsonable_opts(relax_options),
             "spice_options": _jsonable_opts(spice_options),
         },
-        relax_unit=_RELAX_UNITS[method_name],
+        relax_unit=None if method_name == "spice" else method_obj.effort_unit,
     )
     hist.initial = _eval_all(net, data)
     good = _snapshot(net)  # last good parameters (end of the last finished epoch)
