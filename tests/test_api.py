@@ -140,3 +140,22 @@ def test_cli_bad_ints(args, capsys):
 
     assert main(["grad", "--net", "3-4-2", *args]) == 2
     assert "Invalid value" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cmd", [
+    ["train", "--net", "64-4-10", "--epochs", "1", "--no-progress", "--out"],
+    ["experiment", "steps", "--quick", "--no-progress", "--out"],
+])
+def test_cli_output_under_a_file_fails_before_work(cmd, tmp_path, capsys):
+    from dyadsim.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(cmd + [str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write to" in err and "Traceback" not in err
+
+
+def test_mlp_refuses_huge_sizes_before_allocating():
+    with pytest.raises(DyadsimError, match="parameters.*MAX_PARAMS"):
+        dyadsim.mlp("100000000-100000000")

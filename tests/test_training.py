@@ -272,6 +272,26 @@ def test_nan_loss_stops_restores_and_keeps_last_good_checkpoint(digits_small, tm
     assert (tmp_path / "epoch_001.npz").exists() and not (tmp_path / "epoch_002.npz").exists()
     assert err.history is not None and len(err.history) == 1 and "diverged" in err.history.stopped
     assert History.from_json(tmp_path / "history.json").stopped.startswith("diverged")
+    # the CSV is written on divergence too, with the finished epoch and the reason
+    csv_text = (tmp_path / "history.csv").read_text()
+    assert "diverged" in csv_text.splitlines()[0] and len(csv_text.strip().splitlines()) == 3
+
+
+def test_interrupt_writes_history_and_keeps_checkpoints(digits_small, tmp_path):
+    """Ctrl-C during epoch 2: history.json/csv hold epoch 1 and say so; last.npz loads."""
+    net = small_net()
+
+    def interrupt(epoch, hist, net_):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(net, digits_small, epochs=3, checkpoint_dir=tmp_path, callback=interrupt,
+              progress=False)
+    h = History.from_json(tmp_path / "history.json")
+    assert len(h) == 1 and "interrupted" in h.stopped
+    assert "interrupted" in (tmp_path / "history.csv").read_text().splitlines()[0]
+    dyadsim.load(tmp_path / "last.npz")
 
 
 def test_nan_in_first_epoch_keeps_initial_checkpoint(digits_small, tmp_path):

@@ -45,6 +45,32 @@ def net_options(f):
     return f
 
 
+def check_output_dir(path, option="--out") -> Path:
+    """Create the output folder now and make sure it is writable, before any work runs
+    (a read-only folder, or a path under a file, fails here with one line, not after an
+    hour of training)."""
+    import tempfile
+
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".dyadsim-write-test-"):
+            pass
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write to {str(p)!r}: {exc.strerror or exc}",
+                                 param_hint=option) from None
+    return p
+
+
+def check_output_file(path, option) -> Path:
+    """The folder of an output file must exist (or be creatable) and be writable."""
+    p = Path(path)
+    if p.is_dir():
+        raise click.BadParameter(f"{str(p)!r} is a folder, not a file", param_hint=option)
+    check_output_dir(p.parent if str(p.parent) else ".", option)
+    return p
+
+
 def build_network(net_spec, activation="tanh", output_activation=None, loss="mse", seed=0):
     """A network from a size spec or a saved file."""
     from ..network import load, mlp

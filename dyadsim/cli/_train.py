@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ._main import METHODS, cli
+from ._main import METHODS, check_output_dir, cli
 
 TRAIN_METHODS = METHODS
 #: kept in step with dyadsim.training.experiments.EXPERIMENTS (a test checks it); listed
@@ -76,7 +76,7 @@ def train(net_spec, data, method, eta, schedule, relax_steps, optimizer, lr, mom
     opt_options = {"momentum": momentum} if optimizer == "sgd" and momentum else None
     ckpt = None
     if out_dir is not None:
-        ckpt = Path(out_dir)
+        ckpt = check_output_dir(out_dir)
     hist = train_fn(net, data, method=method, eta=eta, optimizer=optimizer, lr=lr,
                     epochs=epochs, batch_size=batch_size, seed=seed,
                     dtype=np.float64 if dtype == "float64" else np.float32,
@@ -120,6 +120,7 @@ def experiment(name, out_dir, quick, seeds, jobs, as_json, progress):
     """
     from ..training.experiments import run_experiment
 
+    check_output_dir(out_dir)
     options = {}
     if jobs is not None:
         if name != "accuracy":

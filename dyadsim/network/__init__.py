@@ -1,7 +1,7 @@
 """Network graph stage: layer DAG -> one stacked global system."""
 
 from ._activations import ACTIVATIONS, Activation, get_activation
-from ._builders import mlp, parse_sizes, random_dag
+from ._builders import MAX_PARAMS, mlp, parse_sizes, random_dag
 from ._losses import LOSSES, Loss, get_loss
 from ._names import param_name
 from ._network import Network, load
@@ -10,6 +10,6 @@ from ._edges import EDGE_OPS, AvgPool2d, Conv2d, Dense, EdgeOp
 
 __all__ = [
     "ACTIVATIONS", "Activation", "get_activation", "LOSSES", "Loss", "get_loss",
-    "Network", "load", "mlp", "random_dag", "parse_sizes", "from_torch", "to_torch",
+    "Network", "load", "mlp", "random_dag", "parse_sizes", "MAX_PARAMS", "from_torch", "to_torch",
     "EDGE_OPS", "EdgeOp", "Dense", "Conv2d", "AvgPool2d", "param_name",
 ]

@@ -12,7 +12,10 @@ from ._activations import ACTIVATIONS, get_activation
 from ._losses import get_loss
 from ._network import Network
 
-__all__ = ["mlp", "random_dag", "parse_sizes"]
+__all__ = ["mlp", "random_dag", "parse_sizes", "MAX_PARAMS"]
+
+#: the largest network :func:`mlp` builds (parameters): 1e9 float64 weights are 8 GB
+MAX_PARAMS = 500_000_000
 
 
 def parse_sizes(sizes) -> list[int]:
@@ -41,6 +44,8 @@ def parse_sizes(sizes) -> list[int]:
         raise DyadsimError(f"an MLP needs at least an input and an output size, got {sizes!r}")
     if any(s < 1 for s in sizes):
         raise DyadsimError(f"layer sizes must be positive, got {sizes!r}")
+    if len(sizes) > 10_000:
+        raise DyadsimError(f"{len(sizes)} layers is more than the 10000 dyadsim builds")
     return sizes
 
 
@@ -65,6 +70,12 @@ def mlp(sizes, activation="tanh", output_activation=None, loss="mse", seed=0,
     Layer nodes are named ``"input"``, ``"h1"`` ... ``"h{L-1}"``, ``"output"``.
     """
     sizes = parse_sizes(sizes)
+    n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    if n_params > MAX_PARAMS:
+        raise DyadsimError(
+            f"an MLP {'-'.join(map(str, sizes))} has {n_params:.3g} parameters "
+            f"({8 * n_params / 2**30:.3g} GiB in float64), more than dyadsim.network.MAX_PARAMS "
+            f"= {MAX_PARAMS:.3g}; refusing before allocating it")
     get_activation(activation)
     loss_obj = get_loss(loss)
     if output_activation is None:

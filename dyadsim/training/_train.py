@@ -403,7 +403,7 @@ def train(net, data="digits", method="backprop", eta=1.0, optimizer="sgd", lr=No
             hist.append(epoch=epoch, batch_loss=float(np.mean(losses)), relax_mean=relax_mean,
                         relax_max=relax_max, wall_time=time.perf_counter() - t0, **metrics)
             if ckpt is not None:
-                hist.to_json(ckpt / "history.json")
+                _write_history(hist, ckpt)
             if bar is not None:
                 bar.set_postfix(loss=f"{metrics['train_loss']:.4f}",
                                 test_acc=f"{100 * metrics['test_accuracy']:.1f}%")
@@ -412,10 +412,21 @@ def train(net, data="digits", method="backprop", eta=1.0, optimizer="sgd", lr=No
             if callback is not None and callback(epoch, hist, net) is False:
                 hist.stopped = f"callback stopped training after epoch {epoch}"
                 break
+    except KeyboardInterrupt:
+        hist.stopped = f"interrupted during epoch {len(hist) + 1} (KeyboardInterrupt)"
+        if ckpt is not None:
+            _write_history(hist, ckpt)
+        raise
     finally:
         if bar is not None:
             bar.close()
     return hist
+
+
+def _write_history(hist, ckpt):
+    """history.json and history.csv of the epochs finished so far."""
+    hist.to_json(Path(ckpt) / "history.json")
+    hist.to_csv(Path(ckpt) / "history.csv")
 
 
 def _jsonable_opts(opts):
@@ -435,7 +446,7 @@ def _diverged(net, good, hist, ckpt, last_good_file, epoch, batch, where, what, 
         msg += f"; the last good checkpoint is {last_good_file}"
     hist.stopped = f"diverged at {where}: {what}"
     if ckpt is not None:
-        hist.to_json(Path(ckpt) / "history.json")
+        _write_history(hist, ckpt)
     exc = TrainingDiverged(msg, epoch=epoch, batch=batch,
                            checkpoint=None if last_good_file is None else Path(last_good_file),
                            history=hist)
