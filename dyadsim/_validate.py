@@ -17,7 +17,7 @@ from .errors import DyadsimError
 
 __all__ = [
     "check_dtype", "check_eta", "check_int", "check_real", "check_bool", "check_choice",
-    "as_float_array", "check_finite", "check_timeout", "check_options",
+    "as_float_array", "check_finite", "check_timeout", "check_options", "checked_call",
 ]
 
 
@@ -155,3 +155,24 @@ def check_options(name: str, options: dict, valid: Iterable[str]) -> dict:
         raise DyadsimError(
             f"{name}: unknown option(s) {', '.join(map(repr, bad))}; valid: {', '.join(valid)}")
     return dict(options)
+
+
+def checked_call(fn):
+    """Decorator: a call with unknown or missing arguments raises a
+    :class:`~dyadsim.errors.DyadsimError` naming the function and the argument (instead of
+    Python's bare ``TypeError`` or, for functions taking ``**options``, an error from deep
+    inside)."""
+    import functools
+    import inspect
+
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise DyadsimError(f"{fn.__qualname__}(): {exc}") from None
+        return fn(*args, **kwargs)
+
+    return wrapper

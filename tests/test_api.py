@@ -159,3 +159,15 @@ def test_cli_output_under_a_file_fails_before_work(cmd, tmp_path, capsys):
 def test_mlp_refuses_huge_sizes_before_allocating():
     with pytest.raises(DyadsimError, match="parameters.*MAX_PARAMS"):
         dyadsim.mlp("100000000-100000000")
+
+
+def test_train_argument_errors_are_dyadsim_errors(tmp_path):
+    data = dyadsim.datasets.xor(n=32, seed=0)
+    net = dyadsim.mlp("2-3-2", loss="xent", seed=0)
+    blocker = tmp_path / "f"
+    blocker.write_text("")
+    for kw, match in [({"foo": 1}, "unexpected keyword argument 'foo'"),
+                      ({"progress": "yes"}, "progress must be True or False"),
+                      ({"checkpoint_dir": blocker / "x"}, "cannot create checkpoint_dir")]:
+        with pytest.raises(DyadsimError, match=match):
+            dyadsim.train(net.copy(), data, epochs=1, **{"progress": False, **kw})

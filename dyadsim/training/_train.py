@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._validate import check_dtype, check_eta
+from .._validate import check_bool, check_dtype, check_eta, checked_call
 from ..errors import ConvergenceError, DyadsimError
 from ..dynamics import Method
 from ..readout import METHODS, get_method
@@ -245,6 +245,7 @@ def _finite_grads(grads, keys):
 
 
 # ---------------------------------------------------------------------- train
+@checked_call
 def train(net, data="digits", method="backprop", eta=1.0, optimizer="sgd", lr=None, epochs=10,
           batch_size=32, seed=0, dtype=np.float64, checkpoint_dir=None, progress=True,
           spice_options=None, relax_options=None, callback=None,
@@ -300,6 +301,7 @@ def train(net, data="digits", method="backprop", eta=1.0, optimizer="sgd", lr=No
     epochs = _check_int("epochs", epochs, 0)
     batch_size = _check_int("batch_size", batch_size, 1)
     seed = _check_int("seed", seed, 0)
+    progress = check_bool("progress", progress)
     if callback is not None and not callable(callback):
         raise DyadsimError(f"callback must be callable, got {type(callback).__name__}")
     data = _resolve_data(data)
@@ -308,7 +310,11 @@ def train(net, data="digits", method="backprop", eta=1.0, optimizer="sgd", lr=No
     ckpt = None
     if checkpoint_dir is not None:
         ckpt = Path(checkpoint_dir)
-        ckpt.mkdir(parents=True, exist_ok=True)
+        try:
+            ckpt.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DyadsimError(f"cannot create checkpoint_dir {str(ckpt)!r}: "
+                               f"{exc.strerror or exc}") from None
 
     n_batches = data.n_batches(batch_size)
     keys = list(net.params)
