@@ -31,6 +31,7 @@ from ._ir import Circuit, Element, Kind, Num, Op, Param
 __all__ = [
     "Nonideality", "Mismatch", "Quantization", "AmplifierNonideal", "ThermalNoise",
     "WireResistance", "perturbed_netlist", "apply_nonidealities", "evaluate",
+    "check_nonidealities", "map_elements",
 ]
 
 MISMATCH_KINDS = ("R", "G", "BI", "I", "Q")
@@ -83,9 +84,21 @@ class Nonideality:
         return repr(self)
 
 
-def _map_elements(circuit, fn):
-    """A copy of ``circuit`` with every element replaced by ``fn(el)`` (a list, possibly
-    empty, of elements)."""
+def map_elements(circuit, fn):
+    """A copy of a circuit with every element replaced by what ``fn`` makes of it.
+
+    Parameters
+    ----------
+    circuit : Circuit
+        The circuit IR; it is not modified.
+    fn : callable
+        ``fn(element) -> list of Element`` (possibly empty: the element is removed).
+
+    Returns
+    -------
+    Circuit
+        The new circuit (sections in the same order; untouched elements are shared).
+    """
     out = copy_circuit(circuit)
     for sec in out.sections:
         new = []
@@ -93,6 +106,9 @@ def _map_elements(circuit, fn):
             new.extend(fn(el))
         sec.elements = new
     return out
+
+
+_map_elements = map_elements  # the old private name
 
 
 @dataclass(frozen=True)
@@ -144,7 +160,7 @@ class Mismatch(Nonideality):
                 return [replace(el, value=Transistor(el.value.model, el.value.area * f))]
             return [replace(el, value=evaluate(el.value, params) * f)]
 
-        return _map_elements(circuit, fn)
+        return map_elements(circuit, fn)
 
 
 @dataclass(frozen=True)
@@ -206,7 +222,7 @@ class Quantization(Nonideality):
             q = math.copysign(k * step, g)
             return [replace(el, value=1.0 / q if el.kind is Kind.R else q)]
 
-        return _map_elements(circuit, fn)
+        return map_elements(circuit, fn)
 
 
 @dataclass(frozen=True)
@@ -264,7 +280,7 @@ class AmplifierNonideal(Nonideality):
                 a = float(el.value) if A is None else A
                 return min(OFFSET_OPAMP_GAIN, cap) if a > cap else a
 
-            out = _map_elements(out, lambda el: [replace(el, value=gain_of(el))] if is_opamp(el) else [el])
+            out = map_elements(out, lambda el: [replace(el, value=gain_of(el))] if is_opamp(el) else [el])
         if self.offset:
             draws = self.offset * rng.standard_normal(len(amps))
             out = add_opamp_offsets(out, {el.name: float(v) for el, v in zip(amps, draws)})
@@ -320,7 +336,7 @@ class ThermalNoise(Nonideality):
             return [el, Element(DeviceKind.NOISE, "n_" + el.name, el.nodes, NoiseSource(rms, dt),
                                 "thermal noise of the resistor above")]
 
-        return _map_elements(circuit, fn)
+        return map_elements(circuit, fn)
 
 
 @dataclass(frozen=True)
@@ -362,18 +378,35 @@ class WireResistance(Nonideality):
             gm = evaluate(el.value, params)
             return [replace(el, value=gm / (1.0 + abs(gm) * r_w))]
 
-        return _map_elements(circuit, fn)
+        return map_elements(circuit, fn)
 
 
 def apply_nonidealities(circuit: Circuit, nonidealities, rng) -> Circuit:
     """Apply non-idealities in order; returns a new circuit (or ``circuit`` itself when all
     of them are of size zero)."""
-    for ni in _check_list(nonidealities):
+    for ni in check_nonidealities(nonidealities):
         circuit = ni.apply(circuit, rng)
     return circuit
 
 
-def _check_list(nonidealities):
+def check_nonidealities(nonidealities) -> list:
+    """The non-idealities as a list, each checked to be a :class:`Nonideality`.
+
+    Parameters
+    ----------
+    nonidealities : Nonideality, iterable of Nonideality, or None
+        One non-ideality, several, or none.
+
+    Returns
+    -------
+    list
+        The non-idealities in order (``[]`` for ``None``).
+
+    Raises
+    ------
+    DyadsimError
+        When an item is not a non-ideality.
+    """
     if nonidealities is None:
         return []
     if isinstance(nonidealities, Nonideality):
@@ -386,6 +419,9 @@ def _check_list(nonidealities):
     return items
 
 
+_check_list = check_nonidealities  # the old private name
+
+
 def perturbed_netlist(netlist, nonidealities, seed=None):
     """A copy of a compiled netlist with non-idealities applied to its circuit IR and the
     text written again (:class:`~dyadsim.circuits.Netlist`, same node maps).
@@ -393,7 +429,7 @@ def perturbed_netlist(netlist, nonidealities, seed=None):
     ``seed``: anything ``numpy.random.default_rng`` takes (an int, a sequence of ints, a
     ``SeedSequence``) or a ``Generator``; the same seed gives the same perturbed netlist.
     """
-    items = _check_list(nonidealities)
+    items = check_nonidealities(nonidealities)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     circuit = apply_nonidealities(netlist.circuit, items, rng)
     text = write_circuit(circuit)

@@ -22,11 +22,11 @@ from ._main import build_network, cli, net_options, random_batch
 def netlist(net_spec, activation, output_activation, loss, seed, batch, out, analysis, gain, tau,
             save_network):
     """Compile a network and a random batch into an ngspice netlist."""
-    import dyadsim
+    from ..circuits import compile_netlist
 
     net = build_network(net_spec, activation, output_activation, loss, seed)
     x, y = random_batch(net, batch, seed)
-    nl = dyadsim.compile_netlist(net, x, y, analysis=analysis, gain=gain, tau=tau)
+    nl = compile_netlist(net, x, y, analysis=analysis, gain=gain, tau=tau)
     nl.write(out)
     if save_network:
         net.save(save_network)
@@ -49,12 +49,16 @@ def netlist(net_spec, activation, output_activation, loss, seed, batch, out, ana
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 def simulate(netlist_file, analysis, backend, timeout, net_file, plot, as_json):
     """Run a netlist in ngspice; with --net, read out gradients and compare with backprop."""
-    import dyadsim
+    from ..dynamics import backprop
+    from ..network import load
+    from ..readout import circuit_states, compare, plot_relaxation, readout, relaxation_trace
+    from ..readout import settling_time
+    from ..simulator import simulate as run_ngspice
 
     text = netlist_file.read_text()
     if analysis is None:
         analysis = "tran" if any(l.strip().lower().startswith(".tran") for l in text.splitlines()) else "op"
-    res = dyadsim.simulate(netlist_file, analysis=analysis, backend=backend, timeout=timeout)
+    res = run_ngspice(netlist_file, analysis=analysis, backend=backend, timeout=timeout)
     out = {"netlist": str(netlist_file), "analysis": analysis, "backend": res.backend}
     if analysis == "tran":
         out["points"] = int(len(res.time))
@@ -62,22 +66,20 @@ def simulate(netlist_file, analysis, backend, timeout, net_file, plot, as_json):
     else:
         out["nodes"] = len(res.voltages)
     if net_file is not None:
-        net = dyadsim.load(net_file)
-        grads = dyadsim.readout(net, res)
+        net = load(net_file)
+        grads = readout(net, res)
         final = res.final() if analysis == "tran" else res
-        X0, Y = _inputs_of(net, final)
-        cmp = dyadsim.compare(grads, dyadsim.backprop(net, X0, Y), label=f"spice[{analysis}]",
+        states = circuit_states(net, final)
+        cmp = compare(grads, backprop(net, states.x0, states.y), label=f"spice[{analysis}]",
                               reference_label="backprop")
         out["comparison"] = cmp.to_dict()
         if analysis == "tran":
-            tr = dyadsim.relaxation_trace(net, res)
-            from ..readout import settling_time
-
+            tr = relaxation_trace(net, res)
             out["t_settle_tau"] = settling_time(tr["t"], tr["grad_error"], 1e-6)
         if plot is not None:
             if analysis != "tran":
                 raise click.UsageError("--plot needs a transient (--analysis tran)")
-            dyadsim.plot_relaxation(net, res, path=plot)
+            plot_relaxation(net, res, path=plot)
             out["plot"] = str(plot)
     elif plot is not None:
         raise click.UsageError("--plot needs --net (the network the netlist came from)")
@@ -91,14 +93,6 @@ def simulate(netlist_file, analysis, backend, timeout, net_file, plot, as_json):
         click.echo(cmp.table())
 
 
-def _inputs_of(net, op):
-    from ..readout._spice import _n_samples, _states_from
-
-    B = _n_samples(net, op)
-    _, _, _, X0, Y = _states_from(net, op.v, B)
-    return X0, Y
-
-
 @cli.command("import-torch")
 @click.argument("model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--input-shape", required=True, help="Shape of one sample, e.g. 1,8,8 or 64.")
@@ -110,8 +104,8 @@ def import_torch(model_file, input_shape, loss, out):
 
     Loading a pickled module runs code from the file: only use files you trust.
     """
-    import dyadsim
     from ..errors import DyadsimError
+    from ..network import from_torch
 
     try:
         import torch
@@ -125,7 +119,7 @@ def import_torch(model_file, input_shape, loss, out):
         model = torch.load(model_file, weights_only=False, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - report any unpickling failure clearly
         raise DyadsimError(f"cannot load a PyTorch model from {model_file}: {exc}") from None
-    net = dyadsim.from_torch(model, shape, loss=loss)
+    net = from_torch(model, shape, loss=loss)
     path = net.save(out)
     click.echo(f"wrote {path}: depth L={net.depth}, {net.n} neurons, {net.n_params} parameters")
     click.echo(f"next: dyadsim netlist --net {path} --out model.cir")

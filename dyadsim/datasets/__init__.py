@@ -13,7 +13,7 @@ integer) targets, integer labels and a deterministic minibatch iterator::
 Nothing is ever downloaded.
 """
 
-from dyadsim.datasets._data import (
+from ._data import (
     DATASET_NAMES,
     MNIST_FILES,
     Dataset,
@@ -24,7 +24,7 @@ from dyadsim.datasets._data import (
     moons,
     xor,
 )
-from dyadsim.datasets._idx import read_idx
+from ._idx import read_idx
 
 __all__ = [
     "Dataset",

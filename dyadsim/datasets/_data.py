@@ -11,8 +11,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from dyadsim.datasets._idx import read_idx
-from dyadsim.errors import DyadsimError
+from ._idx import read_idx
+from ..errors import DyadsimError
 
 __all__ = [
     "Dataset",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dyadsim.errors import DyadsimError
+from ..errors import DyadsimError
 
 __all__ = ["read_idx", "IDX_DTYPES"]
 

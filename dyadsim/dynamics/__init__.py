@@ -5,11 +5,12 @@ from ._euler import SCHEDULES, RelaxResult, relax
 from ._flows import energy, flow, flow_jacobian, flow_md
 from ._gradients import Gradients
 from ._result import GradientResult
+from ._system import System
 from ._ode import ODE_METHODS, ContinuousResult, relax_continuous
 from ._methods import ODE, Backprop, Euler, Method
 
 __all__ = [
     "backprop", "relax", "RelaxResult", "SCHEDULES", "relax_continuous", "ContinuousResult",
     "ODE_METHODS", "energy", "flow", "flow_md", "flow_jacobian", "Gradients", "GradientResult",
-    "Method", "Backprop", "Euler", "ODE",
+    "Method", "Backprop", "Euler", "ODE", "System",
 ]

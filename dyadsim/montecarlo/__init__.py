@@ -6,10 +6,9 @@ their gradients compared with backprop.
 >>> mc.summary()["tensors"]["(all parameters)"]["angle_mean"]              # doctest: +SKIP
 """
 
-from ..circuits._device import BJTModel, OpAmp, compile_device_netlist
-from ..circuits._nonideal import (
-    AmplifierNonideal, Mismatch, Nonideality, Quantization, ThermalNoise, WireResistance,
-    perturbed_netlist,
+from ..circuits import (
+    AmplifierNonideal, BJTModel, Mismatch, Nonideality, OpAmp, Quantization, ThermalNoise,
+    WireResistance, compile_device_netlist, perturbed_netlist,
 )
 from ._mc import (
     ALL_TENSORS, DIALECTS, SCHEDULERS, MonteCarloResult, SweepResult, monte_carlo, plot_sweep,

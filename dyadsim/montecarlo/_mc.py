@@ -52,8 +52,7 @@ def _network_from(spec):
 
 def _with_nodesets(text: str, voltages: dict) -> str:
     """Netlist text with every node's voltage as a ``.nodeset`` (old ones dropped)."""
-    from ..circuits._ir import safe_identifier
-    from ..circuits._writer import format_number
+    from ..circuits import format_number, safe_identifier
 
     lines = [ln for ln in text.splitlines() if not ln.lower().startswith(".nodeset")]
     items = [f"v({safe_identifier(k)})={format_number(v)}" for k, v in voltages.items()
@@ -67,7 +66,7 @@ def _with_nodesets(text: str, voltages: dict) -> str:
 
 def _with_gmin(text: str, gmin: float) -> str:
     """Netlist text whose ``.options`` card has ``gmin`` set (added when missing)."""
-    from ..circuits._writer import format_number
+    from ..circuits import format_number
 
     out, done = [], False
     for ln in text.splitlines():
@@ -167,13 +166,12 @@ def run_one(run, circuit, nonidealities, seed, net_spec, reference, analysis, ti
     Returns rows (dicts), one per parameter tensor plus one for all of them.  Never
     raises for a failed run: the rows carry ``failed=True`` and the message.
     """
-    from ..circuits._device import write_circuit
-    from ..circuits._nonideal import apply_nonidealities
+    from ..circuits import apply_nonidealities, write_circuit
+    from ..network import param_name
     from ..readout import compare
-    from ..readout._compare import _key_name
 
     t0 = time.perf_counter()
-    names = [_key_name(k) for k in reference] + [ALL_TENSORS]
+    names = [param_name(k) for k in reference] + [ALL_TENSORS]
     try:
         net = _network_from(net_spec)
         rng = np.random.default_rng([int(seed), int(run)])
@@ -400,7 +398,7 @@ def compile_base(net, x, y, dialect="behavioral", analysis="op", **compile_optio
 
         return compile_netlist(net, x, y, analysis=analysis, **compile_options)
     if dialect == "device":
-        from ..circuits._device import compile_device_netlist
+        from ..circuits import compile_device_netlist
 
         return compile_device_netlist(net, x, y, analysis=analysis, **compile_options)
     raise DyadsimError(f"unknown dialect {dialect!r}; valid: {', '.join(DIALECTS)}")
@@ -429,9 +427,9 @@ def monte_carlo(net, x, y, *, nonidealities=(), runs=200, dialect="behavioral", 
         of the run (default 0.25 with thermal noise, else the final point).
     compile_options : keyword arguments of the compiler (``gain``, ``opamp``, ``bjt``, ...).
     """
-    from ..circuits._nonideal import ThermalNoise, _check_list
+    from ..circuits import ThermalNoise, check_nonidealities
     from ..dynamics import backprop
-    from ..readout._compare import _key_name
+    from ..network import param_name
 
     runs = _check_int("runs", runs, 1, 10_000_000)
     seed = _check_int("seed", seed, 0, 2**63 - 1)
@@ -442,7 +440,7 @@ def monte_carlo(net, x, y, *, nonidealities=(), runs=200, dialect="behavioral", 
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or not timeout > 0 or not math.isfinite(timeout)):
         raise DyadsimError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    items = _check_list(nonidealities)
+    items = check_nonidealities(nonidealities)
     noisy = any(isinstance(ni, ThermalNoise) and not ni.is_zero for ni in items)
     if noisy and analysis != "tran":
         raise DyadsimError("ThermalNoise needs analysis='tran'")
@@ -455,7 +453,7 @@ def monte_carlo(net, x, y, *, nonidealities=(), runs=200, dialect="behavioral", 
     X, Y, _ = net.check_xy(x, y)
     base = compile_base(net, X, Y, dialect, analysis, **(compile_options or {}))
     reference = backprop(net, X, Y)
-    names = [_key_name(k) for k in reference]
+    names = [param_name(k) for k in reference]
     net_spec = (net.to_graph(), net.loss.name)
     t1 = time.perf_counter()
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import DyadsimError
+from ..network import param_name
 
 __all__ = ["compare", "Comparison", "TensorMetrics", "angle"]
 
@@ -76,14 +77,7 @@ def _metrics(name, g, r) -> TensorMetrics:
     return TensorMetrics(name, int(r.size), rel, ratio, th, _log10(th))
 
 
-def _key_name(key) -> str:
-    if isinstance(key, tuple):
-        if key and key[0] == "W" and len(key) == 3:
-            return f"W[{key[1]}->{key[2]}]"
-        if key and key[0] == "b" and len(key) == 2:
-            return f"b[{key[1]}]"
-        return "/".join(map(str, key))
-    return str(key)
+_key_name = param_name  # the old private name, kept for old imports
 
 
 @dataclass(frozen=True)
@@ -139,18 +133,18 @@ def compare(grads, reference, *, label=None, reference_label=None) -> Comparison
     if missing or extra:
         raise DyadsimError(
             "gradients and reference have different parameters: "
-            f"missing {[_key_name(k) for k in missing]}, unexpected {[_key_name(k) for k in extra]}"
+            f"missing {[param_name(k) for k in missing]}, unexpected {[param_name(k) for k in extra]}"
         )
     tensors = {}
     for k, r in reference.items():
         g = grads[k]
         if np.shape(g) != np.shape(r):
             raise DyadsimError(
-                f"gradient {_key_name(k)} has shape {np.shape(g)}, reference has {np.shape(r)}"
+                f"gradient {param_name(k)} has shape {np.shape(g)}, reference has {np.shape(r)}"
             )
         if not np.all(np.isfinite(g)):
-            raise DyadsimError(f"gradient {_key_name(k)} contains NaN or inf")
-        tensors[k] = _metrics(_key_name(k), g, r)
+            raise DyadsimError(f"gradient {param_name(k)} contains NaN or inf")
+        tensors[k] = _metrics(param_name(k), g, r)
     flat_g = np.concatenate([np.ravel(grads[k]) for k in reference]) if reference else np.zeros(0)
     flat_r = np.concatenate([np.ravel(reference[k]) for k in reference]) if reference else np.zeros(0)
     summary = _metrics("(all parameters)", flat_g, flat_r)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
-from ..circuits._compiler import GAIN_NODE, TAU_NODE, compile_netlist, layer_identifiers, node_name, target_node
-from ..dynamics._gradients import Gradients
-from ..dynamics._result import GradientResult
-from ..dynamics._system import System
+from ..circuits import GAIN_NODE, TAU_NODE, compile_netlist, layer_identifiers, node_name, target_node
+from ..dynamics import GradientResult, Gradients, System
 from ..errors import DyadsimError
 
-__all__ = ["readout", "spice_gradients", "SpiceGradients", "relaxation_trace", "settling_time"]
+__all__ = ["readout", "spice_gradients", "SpiceGradients", "relaxation_trace", "settling_time",
+           "circuit_states", "CircuitStates"]
 
 
 def _n_samples(net, result) -> int:
@@ -55,6 +55,82 @@ def _states_from(net, get, B, T=()):
     return X, Z, U, X0, Y
 
 
+class CircuitStates(NamedTuple):
+    """The node voltages of a DBP circuit, stacked like the digital states.
+
+    Attributes
+    ----------
+    x, z : numpy.ndarray
+        The state pair V(x), V(z) of every neuron, ``(batch, net.n)``.
+    u : numpy.ndarray
+        The pre-activations V(u), ``(batch, net.n)``.
+    x0 : numpy.ndarray
+        The input voltages, ``(batch, net.n_in)``.
+    y : numpy.ndarray
+        The target voltages, ``(batch, net.n_out)``.
+    batch : int
+        How many samples the netlist holds.
+
+    For a transient read at several time points, every array has a leading time axis.
+    """
+
+    x: np.ndarray
+    z: np.ndarray
+    u: np.ndarray
+    x0: np.ndarray
+    y: np.ndarray
+    batch: int
+
+
+def circuit_states(net, result, *, times=None) -> CircuitStates:
+    """Read a network's states out of the node voltages of its simulated circuit.
+
+    Works for either netlist dialect (behavioural or device: they name the state, input
+    and target nodes alike).
+
+    Parameters
+    ----------
+    net : Network
+        The network the netlist was compiled from.
+    result : OperatingPoint or Transient
+        A simulation result.  For a transient, its last time point is read unless
+        ``times`` is given.
+    times : sequence of int, optional
+        For a transient: the indices of the time points to read; the arrays then get a
+        leading time axis ``(len(times), batch, ...)``.
+
+    Returns
+    -------
+    CircuitStates
+        ``(x, z, u, x0, y, batch)``.
+
+    Raises
+    ------
+    DyadsimError
+        When the result holds no node of this network's circuit, or ``times`` is given
+        for an operating point.
+    """
+    is_tran = hasattr(result, "final") and hasattr(result, "time")
+    if times is not None:
+        if not is_tran:
+            raise DyadsimError("circuit_states: times= needs a transient result")
+        idx = np.asarray(times, dtype=int)
+        if idx.ndim != 1 or idx.size == 0 or idx.min() < -len(result.time) or idx.max() >= len(result.time):
+            raise DyadsimError(f"circuit_states: times must be indices into the {len(result.time)} "
+                               "time points of the transient")
+        B = _n_samples(net, result)
+        X, Z, U, X0, Y = _states_from(net, lambda n: np.asarray(result.v(n))[idx], B, (len(idx),))
+        X, Z, U, X0, Y = (np.moveaxis(a, -1, 0) for a in (X, Z, U, X0, Y))
+        return CircuitStates(X, Z, U, X0, Y, B)
+    if is_tran:
+        result = result.final()
+    if not hasattr(result, "voltages"):
+        raise DyadsimError(f"circuit_states needs a simulation result with node voltages, "
+                           f"got {type(result).__name__}")
+    B = _n_samples(net, result)
+    return CircuitStates(*_states_from(net, result.v, B), B)
+
+
 def readout(net, result, *, gain=None, method="spice", check=True) -> Gradients:
     """Gradients from the steady-state node voltages of a DBP circuit.
 
@@ -72,8 +148,7 @@ def readout(net, result, *, gain=None, method="spice", check=True) -> Gradients:
         result = result.final()
     if not hasattr(result, "voltages"):
         raise DyadsimError(f"readout needs a simulation result with node voltages, got {type(result).__name__}")
-    B = _n_samples(net, result)
-    X, Z, U, X0, Y = _states_from(net, result.v, B)
+    X, Z, U, X0, Y, _ = circuit_states(net, result)
     if gain is None:
         gain = result.v(GAIN_NODE) if GAIN_NODE in result.voltages else 1.0
     if not (np.all(np.isfinite(X)) and np.all(np.isfinite(Z)) and np.all(np.isfinite(U))):
@@ -118,15 +193,12 @@ def relaxation_trace(net, tran, *, tau=None, gain=None, max_points=300):
     """
     t = np.asarray(tran.time)
     idx = np.unique(np.linspace(0, len(t) - 1, min(max_points, len(t))).astype(int))
-    B = _n_samples(net, tran)
+    X, Z, U, X0, Y, _ = circuit_states(net, tran, times=idx)  # (T, B, ...)
     if gain is None:
         gain = float(tran.v(GAIN_NODE)[-1]) if GAIN_NODE in tran.voltages else 1.0
     if tau is None:
         tau = float(tran.v(TAU_NODE)[-1]) if TAU_NODE in tran.voltages else 1.0
-    X, Z, U, X0, Y = _states_from(net, lambda n: np.asarray(tran.v(n))[idx], B, (len(idx),))
-    # arrays are (B, n, T): move time first
-    X, Z, U = (np.moveaxis(a, -1, 0) for a in (X, Z, U))
-    X0, Y = X0[..., -1], Y[..., -1]
+    X0, Y = X0[-1], Y[-1]
     sysm = System(net, X0, Y)
     m = 0.5 * (X + Z)
     d = (X - Z) / gain

@@ -384,7 +384,7 @@ def _steps_settings(quick):
 def _record_errors(net, x, y, eta, K, ref):
     """Max per-tensor relative readout error vs backprop after every Euler step 0..K."""
     import dyadsim
-    from ..dynamics._system import System
+    from ..dynamics import System
 
     r = dyadsim.relax(net, x, y, eta=eta, steps=K, record=True)
     sysm = System(net, x, y)
