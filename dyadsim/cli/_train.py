@@ -11,7 +11,7 @@ import click
 from ._main import METHODS, check_output_dir, cli
 
 TRAIN_METHODS = METHODS
-#: kept in step with dyadsim.training.experiments.EXPERIMENTS (a test checks it); listed
+#: kept in step with dyadsim.experiments.EXPERIMENTS (a test checks it); listed
 #: here so that ``dyadsim --help`` does not import matplotlib
 EXPERIMENT_NAMES = ("accuracy", "steps", "precision", "analog")
 
@@ -118,7 +118,7 @@ def experiment(name, out_dir, quick, seeds, jobs, as_json, progress):
       dyadsim experiment accuracy --out docs/figures
       dyadsim experiment steps --out /tmp/figs --quick
     """
-    from ..training.experiments import run_experiment
+    from ..experiments import run_experiment
 
     check_output_dir(out_dir)
     options = {}

@@ -1,8 +1,10 @@
-"""Training with relaxed gradients, and the experiments that reproduce the article's claims.
+"""Training with relaxed gradients.
 
 :func:`train` runs minibatch gradient descent where only the gradient source changes
 (``"backprop"``, ``"euler"``, ``"ode"``, ``"spice"``); :class:`History` records it.
-:mod:`dyadsim.training.experiments` regenerates the figures (``run_experiment``).
+The experiments that regenerate the figures live in :mod:`dyadsim.experiments`;
+``dyadsim.training.run_experiment``, ``EXPERIMENTS`` and ``dyadsim.training.experiments``
+are kept for old code.
 """
 
 from ._history import EPOCH_FIELDS, History
@@ -17,12 +19,15 @@ __all__ = [
 
 
 def __getattr__(name):
-    # the experiments pull in matplotlib: load them only when asked for
-    if name in ("EXPERIMENTS", "run_experiment", "experiments"):
+    # the old names of the experiments, resolved on first use (dyadsim.experiments sits
+    # above training).  No `from . import experiments` here: it looks the name up on this
+    # package first, which re-enters this __getattr__ (RecursionError).
+    if name in ("EXPERIMENTS", "run_experiment"):
+        from ..experiments import EXPERIMENTS, run_experiment
+
+        return EXPERIMENTS if name == "EXPERIMENTS" else run_experiment
+    if name == "experiments":
         import importlib
 
-        # import_module, not "from . import experiments": the latter looks the name up on
-        # this package first, which re-enters this __getattr__ (RecursionError)
-        experiments = importlib.import_module(f"{__name__}.experiments")
-        return experiments if name == "experiments" else getattr(experiments, name)
+        return importlib.import_module(__name__ + ".experiments")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
