@@ -16,6 +16,7 @@ import networkx as nx
 import numpy as np
 
 import dyadsim
+import dyadsim.circuits
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,19 +44,32 @@ def _skip_dag():
 
 
 def examples():
-    """name -> (network, x, y, compile options, how to make it from the CLI)."""
+    """name -> (network, x, y, compile options); ``dialect="device"`` in the options picks
+    the device-level compiler (:func:`dyadsim.circuits.compile_device_netlist`)."""
     small = dyadsim.mlp("3-4-2", activation="tanh", loss="mse", seed=1)
     deep = dyadsim.mlp("4-4-4-4-3", activation="sigmoid", loss="xent", seed=2)
     dag = _skip_dag()
+    lin = dyadsim.mlp("3-4-3-2", activation="tanh", loss="mse", seed=3,
+                      output_activation="identity")
     return {
         "mlp_3-4-2_op.cir": (small, *_batch(small, 1, 11), dict(analysis="op")),
         "mlp_3-4-2_tran.cir": (small, *_batch(small, 1, 11), dict(analysis="tran")),
         "mlp_4-4-4-4-3_xent_op.cir": (deep, *_batch(deep, 2, 12), dict(analysis="op")),
         "dag_skip_xent_op.cir": (dag, *_batch(dag, 1, 13), dict(analysis="op")),
+        "device_mlp_3-4-2_op.cir": (small, *_batch(small, 1, 11),
+                                    dict(analysis="op", dialect="device")),
+        "device_mlp_3-4-2_tran.cir": (small, *_batch(small, 1, 11),
+                                      dict(analysis="tran", dialect="device", t_step=0.1,
+                                           max_step=0.2)),
+        "device_mlp_3-4-3-2_pairs_op.cir": (lin, *_batch(lin, 2, 14),
+                                            dict(analysis="op", dialect="device", g_offset=0.5)),
     }
 
 
 def render(name, net, x, y, opts) -> str:
+    opts = dict(opts)
+    if opts.pop("dialect", "behavioral") == "device":
+        return dyadsim.circuits.compile_device_netlist(net, x, y, **opts).text
     return dyadsim.compile_netlist(net, x, y, **opts).text
 
 

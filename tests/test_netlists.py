@@ -34,6 +34,18 @@ def test_golden_netlist_runs_to_backprop(name):
     assert cmp.max_rel_error <= 1e-6, cmp.table()
 
 
+def test_both_dialects_have_golden_files():
+    device = {n for n, (*_, opts) in EXAMPLES.items() if opts.get("dialect") == "device"}
+    assert device and len(device) < len(EXAMPLES)
+    for name in EXAMPLES:
+        text = (ROOT / "netlists" / name).read_text()
+        # transistors and their .model cards in the device dialect only
+        assert (".model qn npn(" in text) == (name in device), name
+        assert any(ln.startswith("Q") for ln in text.splitlines()) == (name in device), name
+    analyses = {opts["analysis"] for n, (*_, opts) in EXAMPLES.items() if n in device}
+    assert analyses == {"op", "tran"}
+
+
 def test_check_mode_detects_a_stale_file(tmp_path, monkeypatch):
     monkeypatch.setattr(regen, "HERE", tmp_path)
     assert regen.main(["--check"]) == 1  # nothing there yet
