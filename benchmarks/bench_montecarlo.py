@@ -171,7 +171,7 @@ def mismatch_sweep(args):
 # --------------------------------------------------------------------------- device accuracy
 def device_accuracy(args):
     import dyadsim
-    from dyadsim.circuits._device import BJTModel, OpAmp, compile_device_netlist
+    from dyadsim.circuits import BJTModel, OpAmp, compile_device_netlist
     from dyadsim.errors import SimulatorError
     from dyadsim.montecarlo import simulate_robust
     from dyadsim.montecarlo._mc import readout_perturbed
@@ -205,7 +205,7 @@ def device_accuracy(args):
         nl = dyadsim.compile_netlist(net, x, y) if kw is None else compile_device_netlist(net, x, y, **kw)
         t0 = time.perf_counter()
         try:
-            res, rescued = simulate_robust(nl.text, "op", args.timeout)
+            res, rescued = simulate_robust(nl, "op", args.timeout)
         except SimulatorError as exc:
             dt = time.perf_counter() - t0
             rows.append({"circuit": label, "failed": f"{exc.reason}: {str(exc).splitlines()[0]}",

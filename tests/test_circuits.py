@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dyadsim
-from dyadsim.circuits._ir import safe_identifier
+from dyadsim.circuits import safe_identifier
 from conftest import ACTIVATIONS, make_batch, make_case, user_error
 
 TOL = 1e-6

@@ -1,5 +1,5 @@
 """Device-level dialect (crossbars, op-amps, BJT differential pairs) and the non-idealities
-that transform the circuit IR (dyadsim/circuits/_device.py, _nonideal.py)."""
+that transform the circuit IR (dyadsim/circuits/_device.py, _transforms.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import dyadsim
-from dyadsim.circuits._device import (
+from dyadsim.circuits import (
     BJTModel, DeviceKind, OpAmp, compile_device_netlist, is_opamp, is_weight, thermal_voltage,
 )
-from dyadsim.circuits._ir import Kind
-from dyadsim.circuits._nonideal import (
+from dyadsim.circuits import Kind
+from dyadsim.circuits import (
     AmplifierNonideal, Mismatch, Quantization, ThermalNoise, WireResistance, evaluate,
     perturbed_netlist,
 )
@@ -280,3 +280,29 @@ def test_perturbed_netlist_rejects_non_nonidealities():
     nl = dyadsim.compile_netlist(net, x, y)
     with pytest.raises(DyadsimError, match="not a non-ideality"):
         perturbed_netlist(nl, ["Mismatch(0.1)"], seed=0)
+
+
+# ----------------------------------------------------------------------------- IR transforms
+@pytest.mark.parametrize("dialect", ["behavioral", "device"])
+def test_with_nodesets_and_with_options_make_new_circuits(dialect):
+    from dyadsim.circuits import with_nodesets, with_options, write_circuit
+
+    net, x, y = problem()
+    compile_ = dyadsim.compile_netlist if dialect == "behavioral" else compile_device_netlist
+    nl = compile_(net, x, y)
+    before = write_circuit(nl.circuit)
+    assert before == nl.text  # one writer for both dialects
+    guess = {"x_h1_0_b0": 0.25, "z_h1_0_b0": -0.5, "vcc#branch": 1.0, "m_h1_0_b0": float("nan")}
+    c = with_nodesets(nl.circuit, guess)
+    assert c.nodesets == {"x_h1_0_b0": 0.25, "z_h1_0_b0": -0.5}  # old guesses dropped
+    cards = [ln for ln in write_circuit(c).splitlines() if ln.startswith(".nodeset")]
+    assert cards == [".nodeset v(x_h1_0_b0)=0.25 v(z_h1_0_b0)=-0.5"]
+    o = with_options(nl.circuit, gmin=1e-12, reltol=1e-6)
+    line = next(ln for ln in write_circuit(o).splitlines() if ln.startswith(".options"))
+    assert line.endswith(" gmin=1e-12 reltol=1e-06") and line.count("reltol=") == 1
+    assert write_circuit(nl.circuit) == before  # the input is never changed
+    for bad in ({"gmin\n.control": 1.0}, {"gmin": "1e-12\n.end"}, {"Gmin": 1.0}):
+        with pytest.raises(DyadsimError, match="invalid simulator option"):
+            with_options(nl.circuit, **bad)
+    with pytest.raises(DyadsimError, match="unsafe netlist identifier"):
+        write_circuit(with_nodesets(nl.circuit, {"x\n.control": 1.0}))

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 import dyadsim
-from dyadsim.circuits._ir import Element, Kind
-from dyadsim.circuits._nonideal import Nonideality, _map_elements
+from dyadsim.circuits import Element, Kind
+from dyadsim.circuits import Nonideality, map_elements
 from dyadsim.cli import main
 from dyadsim.errors import DyadsimError
 from dyadsim.montecarlo import (
-    ALL_TENSORS, Mismatch, Quantization, monte_carlo, plot_sweep, sweep,
+    ALL_TENSORS, Mismatch, Quantization, monte_carlo, plot_sweep, simulate_robust, sweep,
 )
 
 SUMMARY_FIELDS = {"angle_mean", "angle_std", "norm_ratio_mean", "norm_ratio_std"}
@@ -40,7 +40,7 @@ class BreakSome(Nonideality):
     def apply(self, circuit, rng):
         if rng.random() >= self.p:
             return circuit
-        out = _map_elements(circuit, lambda el: [el])
+        out = map_elements(circuit, lambda el: [el])
         out.sections[0].elements.append(Element(Kind.C, "floating", ("floating_node", "0"), 1e-12))
         return out
 
@@ -131,6 +131,95 @@ def test_a_sweep_with_a_hopeless_value_still_finishes():
     s0, s1 = (r.summary() for r in res.results)
     assert (s0["failed"], s1["failed"]) == (0, 2)
     assert s1["tensors"][ALL_TENSORS]["angle_mean"] is None
+
+
+# ----------------------------------------------------------------------------- the .op rescue
+class FirstFails:
+    """``dyadsim.simulator.simulate`` whose first ``fails`` calls raise a rescuable failure;
+    later calls run ngspice.  Records every netlist text it was given."""
+
+    def __init__(self, real, fails=1, reason="no-convergence"):
+        self.real, self.fails, self.reason, self.texts = real, fails, reason, []
+
+    def __call__(self, text, *args, **kwargs):
+        self.texts.append(text)
+        if len(self.texts) <= self.fails:
+            raise dyadsim.SimulatorError("planted failure", reason=self.reason)
+        return self.real(text, *args, **kwargs)
+
+
+@pytest.mark.spice
+@pytest.mark.parametrize("dialect", ["behavioral", "device"])
+def test_rescue_retries_through_the_circuit_ir(dialect, monkeypatch):
+    """A failed strict .op is retried with gmin = 1e-12 (an option of the circuit), and the
+    rough answer goes back as .nodeset first guesses of the original circuit."""
+    import dyadsim.simulator as simulator
+    from dyadsim.circuits import compile_device_netlist
+
+    net, x, y = problem()
+    compile_ = dyadsim.compile_netlist if dialect == "behavioral" else compile_device_netlist
+    nl = compile_(net, x, y)
+    fake = FirstFails(simulator.simulate)
+    monkeypatch.setattr(simulator, "simulate", fake)
+    res, rescued = simulate_robust(nl, "op", 60)
+    assert rescued is True and len(fake.texts) == 3
+    strict, gmin, final = fake.texts
+    options = [ln for ln in gmin.splitlines() if ln.startswith(".options")]
+    assert len(options) == 1 and options[0].endswith(" gmin=1e-12")
+    assert options[0].count("gmin=") == 1
+    assert [ln for ln in strict.splitlines() if not ln.startswith(".options")] == \
+        [ln for ln in gmin.splitlines() if not ln.startswith(".options")]
+    nodesets = dict(item.split("=") for ln in final.splitlines() if ln.startswith(".nodeset")
+                    for item in ln.split()[1:])
+    rough = fake.real(gmin, "op", backend="subprocess")
+    assert set(nodesets) == {f"v({n})" for n in rough.voltages if "#" not in n}
+    assert all(float(nodesets[f"v({n})"]) == v for n, v in rough.voltages.items() if "#" not in n)
+    # the strict run with first guesses is the operating point of the original circuit
+    cmp = dyadsim.compare(dyadsim.readout(net, res), dyadsim.backprop(net, x, y))
+    assert cmp.max_rel_error < 1e-6
+    # the input was not changed
+    assert nl.circuit.options.get("gmin") != 1e-12 and nl.text == strict
+
+
+@pytest.mark.spice
+def test_rescue_falls_back_to_allow_singular(monkeypatch):
+    import dyadsim.simulator as simulator
+
+    net, x, y = problem()
+    nl = dyadsim.compile_netlist(net, x, y)
+    calls = []
+    real = simulator.simulate
+
+    def fake(text, *args, allow_singular=False, **kwargs):
+        calls.append(allow_singular)
+        if len(calls) <= 2:  # the strict run and the gmin retry
+            raise dyadsim.SimulatorError("planted", reason="singular-matrix")
+        return real(text, *args, allow_singular=allow_singular, **kwargs)
+
+    monkeypatch.setattr(simulator, "simulate", fake)
+    res, rescued = simulate_robust(nl.circuit, "op", 60)
+    assert rescued is True and calls == [False, False, True, False]
+
+
+@pytest.mark.spice
+def test_what_the_rescue_does_not_touch(monkeypatch):
+    import dyadsim.simulator as simulator
+
+    net, x, y = problem()
+    with pytest.raises(DyadsimError, match="circuit IR"):
+        simulate_robust(dyadsim.compile_netlist(net, x, y).text, "op", 60)
+    # a transient, or a failure that is not a convergence problem, is raised as it is
+    tran = dyadsim.compile_netlist(net, x, y, analysis="tran")
+    fake = FirstFails(simulator.simulate)
+    monkeypatch.setattr(simulator, "simulate", fake)
+    with pytest.raises(dyadsim.SimulatorError, match="planted"):
+        simulate_robust(tran, "tran", 60)
+    assert len(fake.texts) == 1
+    fake = FirstFails(None, reason="timeout")
+    monkeypatch.setattr(simulator, "simulate", fake)
+    with pytest.raises(dyadsim.SimulatorError, match="planted"):
+        simulate_robust(dyadsim.compile_netlist(net, x, y), "op", 60)
+    assert len(fake.texts) == 1
 
 
 # ----------------------------------------------------------------------------- Dask cluster, CLI

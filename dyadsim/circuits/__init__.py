@@ -1,20 +1,30 @@
-"""Circuits stage: network -> circuit IR -> netlist text (ngspice dialect)."""
+"""Circuits stage: network -> circuit IR -> netlist text (ngspice dialect).
 
-from ._compiler import (
-    DEFAULT_OPTIONS, GAIN_NODE, TAU_NODE, Netlist, compile_netlist, describe_network,
-    layer_identifier, layer_identifiers, node_name, target_node,
+Layout: ``_ir`` (the IR: element kinds, behavioural expressions, circuits), ``_writer``
+(netlist writers: :class:`NgspiceNetlister`, :class:`DeviceNetlister`), ``_transforms``
+(every change of a compiled circuit: non-idealities, op-amp offsets, first guesses and
+options), ``_setup`` (what both compilers share: node naming, sources, the
+:class:`Netlist`), ``_compiler`` (the behavioural dialect) and ``_device`` (the device
+dialect).
+"""
+
+from ._ir import (
+    IDEAL_OPAMP_GAIN, MAX_GAIN_TIMES_OFFSET, OFFSET_OPAMP_GAIN, Analysis, Circuit, DeviceCircuit,
+    DeviceKind, Element, Kind, NoiseSource, Section, Transistor, is_opamp, is_weight,
+    safe_identifier, thermal_voltage,
 )
-from ._ir import Analysis, Circuit, Element, Kind, Section, safe_identifier
-from ._writer import Netlister, NgspiceNetlister, format_number
-from ._device import (
-    BJTModel, DeviceCircuit, DeviceKind, DeviceNetlister, NoiseSource, OpAmp, Transistor,
-    add_opamp_offsets, compile_device_netlist, copy_circuit, is_opamp, is_weight,
-    thermal_voltage, write_circuit,
-)
-from ._nonideal import (
+from ._writer import DeviceNetlister, Netlister, NgspiceNetlister, format_number, write_circuit
+from ._transforms import (
     AmplifierNonideal, Mismatch, Nonideality, Quantization, ThermalNoise, WireResistance,
-    apply_nonidealities, check_nonidealities, evaluate, map_elements, perturbed_netlist,
+    add_opamp_offsets, apply_nonidealities, check_nonidealities, copy_circuit, evaluate,
+    map_elements, perturbed_netlist, with_nodesets, with_options,
 )
+from ._setup import (
+    DEFAULT_OPTIONS, GAIN_NODE, TAU_NODE, Netlist, describe_network, layer_identifier,
+    layer_identifiers, node_name, target_node,
+)
+from ._compiler import compile_netlist
+from ._device import BJTModel, OpAmp, compile_device_netlist
 
 __all__ = [
     # compiling
@@ -25,9 +35,11 @@ __all__ = [
     # the IR and its writers
     "Circuit", "DeviceCircuit", "Element", "Kind", "DeviceKind", "Section", "Analysis",
     "Transistor", "NoiseSource", "Netlister", "NgspiceNetlister", "DeviceNetlister",
-    "write_circuit", "copy_circuit", "is_opamp", "is_weight", "thermal_voltage",
+    "write_circuit", "is_opamp", "is_weight", "thermal_voltage", "IDEAL_OPAMP_GAIN",
+    "OFFSET_OPAMP_GAIN", "MAX_GAIN_TIMES_OFFSET",
     # transforms of the IR
+    "copy_circuit", "map_elements", "add_opamp_offsets", "with_nodesets", "with_options",
     "Nonideality", "Mismatch", "Quantization", "AmplifierNonideal", "ThermalNoise",
     "WireResistance", "perturbed_netlist", "apply_nonidealities", "check_nonidealities",
-    "map_elements", "evaluate", "add_opamp_offsets",
+    "evaluate",
 ]

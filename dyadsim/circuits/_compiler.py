@@ -23,86 +23,21 @@ Inputs x0 and targets y are voltage sources.  Every error signal is scaled by ``
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
 from ..errors import DyadsimError
-from ._ir import Analysis, Call, Circuit, Kind, Num, Param, Volt
+from ._ir import Call, Circuit, Kind, Num, Param, Volt
+from ._setup import (  # noqa: F401  (the names this module had before _setup)
+    DEFAULT_OPTIONS, GAIN_NODE, TAU_NODE, TRAN_OPTIONS, Netlist, add_references, add_sources,
+    check_analysis, describe_network, finish, layer_identifier, layer_identifiers, node_name,
+    set_analysis, start, target_node,
+)
 from ._writer import NgspiceNetlister
 
-__all__ = ["compile_netlist", "Netlist", "DEFAULT_OPTIONS", "layer_identifier", "layer_identifiers",
-           "node_name", "target_node", "GAIN_NODE", "TAU_NODE"]
-
-#: Simulator options for the precision the readout needs (measured: .op gradients agree
-#: with backprop to ~1e-9 relative; see tests/test_circuits.py).
-DEFAULT_OPTIONS = {
-    "reltol": 1e-9,
-    "abstol": 1e-16,
-    "vntol": 1e-13,
-    "chgtol": 1e-18,
-    "itl1": 500,
-    "itl4": 100,
-}
-TRAN_OPTIONS = {"method": "trap"}
-
-_NON_ALNUM = re.compile(r"[^a-z0-9]+")
-
-
-def layer_identifier(name, taken: set) -> str:
-    """A netlist-safe, unique, readable identifier for a layer name.
-
-    Lowercase letters and digits only (ngspice is case-insensitive; '_' is kept for the
-    separators of node and element names, so that ``kind_layer_index`` always parses one
-    way), starting with a letter; names that collide get a numeric suffix ``n1``, ``n2``...
-    The result can never contain whitespace, a newline, '.', '{', '=' or anything else with
-    meaning to ngspice.
-    """
-    raw = str(name)
-    base = _NON_ALNUM.sub("", raw.lower())[:40] or "layer"
-    if not base[0].isalpha():
-        base = "l" + base
-    cand = base
-    k = 1
-    while cand in taken:
-        cand = f"{base}n{k}"
-        k += 1
-    taken.add(cand)
-    return cand
-
-
-def layer_identifiers(net) -> dict:
-    """``{layer: identifier}`` for every layer of a network (deterministic)."""
-    taken: set = {"y", GAIN_NODE, TAU_NODE}
-    return {v: layer_identifier(v, taken) for v in (net.input,) + net.nodes}
-
-
-def describe_network(net, ids, n_samples) -> list:
-    """Header lines naming a network's layers, edges, loss and depth (for netlist headers)."""
-    sizes = " -> ".join(f"{ids[v]}({net.sizes[v]}{'' if v == net.input else ', ' + net.activations[v].name})"
-                        for v in (net.input,) + net.nodes)
-    return [
-        f"network: {sizes}",
-        "edges: " + ", ".join(f"{ids[s]}->{ids[d]}" for s, d in net.edges),
-        f"loss: {net.loss.name}; depth L = {net.depth}; samples in this netlist: {n_samples}",
-    ]
-
-
-def node_name(kind: str, layer_id: str, i: int, b: int = 0, n_samples: int = 1) -> str:
-    """Name of node ``kind`` (x, z, m, u, s, r, in) of neuron i of a layer, sample b."""
-    return f"{kind}_{layer_id}_{i}" + (f"_b{b}" if n_samples > 1 else "")
-
-
-def target_node(i: int, b: int = 0, n_samples: int = 1) -> str:
-    return f"y_{i}" + (f"_b{b}" if n_samples > 1 else "")
-
-
-GAIN_NODE = "gain_ref"
-TAU_NODE = "tau_ref"
+__all__ = ["compile_netlist"]
 
 
 def _sigma(act: str, u):
@@ -133,54 +68,6 @@ def _dsigma(act: str, u):
     raise DyadsimError(f"no circuit for activation {act!r}")
 
 
-@dataclass
-class Netlist:
-    """A compiled netlist: ``text``, ``write(path)``, and where every neuron lives.
-
-    ``node_map[(sample, layer, i)] = (x_node, z_node)`` for every stacked neuron;
-    ``aux_map[(sample, layer, i)] = {"m": ..., "u": ..., "s": ..., "r": ...}``;
-    ``input_nodes[(sample, i)]``, ``target_nodes[(sample, i)]``.
-    """
-
-    text: str
-    circuit: Circuit
-    net: object
-    x: np.ndarray
-    y: np.ndarray
-    analysis: str
-    gain: float
-    g: float
-    tau: float
-    node_map: dict
-    aux_map: dict
-    layer_ids: dict
-    input_nodes: dict
-    target_nodes: dict
-    compile_time: float = 0.0
-    path: Path | None = None
-    stats: dict = field(default_factory=dict)
-
-    @property
-    def n_samples(self) -> int:
-        return self.x.shape[0]
-
-    def nodes_of(self, layer, i, sample=0):
-        """(x_node, z_node) of neuron i of a layer."""
-        return self.node_map[(sample, layer, i)]
-
-    def write(self, path) -> Path:
-        """Write the netlist text to ``path`` (a file name chosen by the caller; it never
-        enters the netlist)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.text)
-        self.path = path
-        return path
-
-    def __str__(self) -> str:
-        return self.text
-
-
 def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_stop=None,
                     t_step=None, max_step=None, options=None, title=None, summing="G") -> Netlist:
     """Compile a network and a batch (x, y) into an ngspice netlist.
@@ -204,18 +91,13 @@ def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_s
     t0 = time.perf_counter()
     if summing not in ("G", "B"):
         raise DyadsimError(f"unknown summing {summing!r}; valid: G, B")
-    if analysis not in ("op", "tran"):
-        raise DyadsimError(f"unknown analysis {analysis!r}; valid analyses: op, tran")
+    check_analysis(analysis)
     for nm, val in (("gain", gain), ("tau", tau), ("g", g)):
         if not (isinstance(val, (int, float)) and np.isfinite(val) and val > 0):
             raise DyadsimError(f"{nm} must be a positive finite number, got {val!r}")
-    X, Y, _ = net.check_xy(x, y)
-    B = X.shape[0]
-    L = net.depth
-    ids = layer_identifiers(net)
-
-    def nm(kind, v, i, b):
-        return node_name(kind, ids[v], i, b, B)
+    fr = start(net, x, y, t0)
+    X, Y, B, L, ids, nm = fr.X, fr.Y, fr.B, net.depth, fr.ids, fr.nm
+    node_map, aux_map, in_nodes, tgt_nodes = fr.node_map, fr.aux_map, fr.in_nodes, fr.tgt_nodes
 
     c = Circuit(title=title or f"DBP circuit: {L}-deep network, {net.n} neurons, "
                                f"{B} sample(s), analysis {analysis}")
@@ -235,22 +117,11 @@ def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_s
     # every connection of every edge (conv kernels repeat their shared weight here)
     fwd = {e: sp.csr_matrix(net.edge_matrix(*e)) for e in net.edges}
     bwd = {e: sp.csc_matrix(net.edge_matrix(*e)) for e in net.edges}
-    ref = c.section("reference: the cost gain as a voltage, so a readout needs only the node voltages")
-    ref.add(Kind.V, "gain", (GAIN_NODE, "0"), gainP, "V(gain_ref) = gain, V(tau_ref) = tau (in seconds)")
-    ref.add(Kind.V, "tau", (TAU_NODE, "0"), Param("tau"), "V(gain_ref) = gain, V(tau_ref) = tau (in seconds)")
-    node_map, aux_map, in_nodes, tgt_nodes = {}, {}, {}, {}
+    add_references(c)
 
     for b in range(B):
         sfx = f" (sample {b})" if B > 1 else ""
-        sec = c.section(f"inputs x0 and targets y{sfx}")
-        for i in range(net.n_in):
-            n = nm("in", net.input, i, b)
-            in_nodes[(b, i)] = n
-            sec.add(Kind.V, f"{n}", (n, "0"), float(X[b, i]), "input voltages (clamped)")
-        for i in range(net.n_out):
-            n = target_node(i, b, B)
-            tgt_nodes[(b, i)] = n
-            sec.add(Kind.V, n, (n, "0"), float(Y[b, i]), "target voltages")
+        add_sources(c.section(f"inputs x0 and targets y{sfx}"), fr, b)
         for v in net.nodes:
             act = net.activations[v].name
             size = net.sizes[v]
@@ -315,36 +186,7 @@ def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_s
                  dict(DEFAULT_OPTIONS), options)
     writer = NgspiceNetlister()
     writer.write(c)
-    text = writer.stream.getvalue()
-    nl = Netlist(text, c, net, X, Y, analysis, float(gain), float(g), float(tau), node_map,
-                 aux_map, ids, in_nodes, tgt_nodes)
-    nl.stats = c.stats()
-    nl.compile_time = time.perf_counter() - t0
-    return nl
-
-
-def set_analysis(c, analysis, L, tau, node_map, t_stop, t_step, max_step, opts, options):
-    """Analysis card, initial state (x = z = 0 for a transient) and validated ``.options``.
-
-    Transient settings are in units of tau (defaults: 6L + 30, 0.05, 0.05); ``opts`` are
-    the dialect's base options, ``options`` the user's (names and values checked, so no
-    text can reach the netlist through them)."""
-    if analysis == "tran":
-        opts.update(TRAN_OPTIONS)
-        t_stop = (6 * L + 30) if t_stop is None else t_stop
-        t_step = 0.05 if t_step is None else t_step
-        max_step = 0.05 if max_step is None else max_step
-        for name, val in (("t_stop", t_stop), ("t_step", t_step), ("max_step", max_step)):
-            if isinstance(val, bool) or not (isinstance(val, (int, float)) and np.isfinite(val) and val > 0):
-                raise DyadsimError(f"{name} must be a positive number of tau, got {val!r}")
-        c.analysis = Analysis("tran", t_step * tau, t_stop * tau, max_step * tau)
-        c.initial_conditions = {n: 0.0 for pair in node_map.values() for n in pair}
-    for k, v in (options or {}).items():
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", str(k)) or (
-                not isinstance(v, (int, float, bool)) and not re.fullmatch(r"[a-z0-9_.+-]+", str(v))):
-            raise DyadsimError(f"invalid simulator option {k!r}={v!r}")
-    opts.update(options or {})
-    c.options = opts
+    return finish(c, fr, writer.stream.getvalue(), analysis, gain, g, tau)
 
 
 def _row(M, i):

@@ -35,43 +35,25 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
 from ..errors import DyadsimError
-from ._compiler import (
-    DEFAULT_OPTIONS, GAIN_NODE, TAU_NODE, Netlist, describe_network, layer_identifiers, node_name,
-    set_analysis,
-    target_node,
+from ._ir import (  # noqa: F401  (the names this module had before _ir held them)
+    BOLTZMANN, CELSIUS_TO_KELVIN, CHARGE, IDEAL_OPAMP_GAIN, MAX_GAIN_TIMES_OFFSET,
+    OFFSET_OPAMP_GAIN, OPAMP_PREFIX, WEIGHT_PREFIX, DeviceCircuit, DeviceKind, Kind, NoiseSource,
+    Num, Param, Transistor, Volt, _check_number, is_opamp, is_weight, thermal_voltage,
 )
-from ._ir import Circuit, Element, Kind, Num, Param, Section, Volt, safe_identifier
-from ._writer import NgspiceNetlister, format_number
+from ._setup import (
+    DEFAULT_OPTIONS, Netlist, add_references, add_sources, check_analysis, describe_network,
+    finish, set_analysis, start,
+)
+from ._transforms import add_opamp_offsets, copy_circuit  # noqa: F401
+from ._writer import DeviceNetlister, format_number, write_circuit  # noqa: F401
 
-__all__ = [
-    "compile_device_netlist", "OpAmp", "BJTModel", "DeviceKind", "Transistor", "NoiseSource",
-    "DeviceCircuit", "DeviceNetlister", "thermal_voltage", "write_circuit", "copy_circuit",
-    "IDEAL_OPAMP_GAIN", "DEVICE_ACTIVATIONS", "is_opamp", "is_weight",
-]
-
-#: ngspice 39's physical constants (src/include/ngspice/const.h, CODATA 2014): V_T must
-#: match the simulator's to the last digit, or tanh's argument is scaled wrongly.
-BOLTZMANN = 1.38064852e-23
-CHARGE = 1.6021766208e-19
-CELSIUS_TO_KELVIN = 273.15
-
-#: Open-loop gain that stands for an ideal op-amp (``OpAmp(gain=inf)``).  Closed-loop
-#: errors are ~ noise_gain / A; measured in docs/device_circuit.md.
-IDEAL_OPAMP_GAIN = 1e12
-#: An input offset lifts the virtual ground off 0 V, and ngspice then resolves
-#: A * (V+ - V-) only to ~ 2e-16 * A * |V_offset| volts: beyond A * |V_offset| ~ 1e4 Newton
-#: cannot meet reltol = 1e-9 (measured: 1e7 x 1 mV converges, 1e8 x 1 mV does not).  So an
-#: op-amp with an offset is a finite-gain one: OpAmp(gain=inf, offset != 0) uses this gain,
-#: and larger products are refused.
-OFFSET_OPAMP_GAIN = 1e6
-MAX_GAIN_TIMES_OFFSET = 1e4
+__all__ = ["compile_device_netlist", "OpAmp", "BJTModel", "DEVICE_ACTIVATIONS"]
 
 DEVICE_ACTIVATIONS = ("tanh", "identity")
 
@@ -83,142 +65,6 @@ DEVICE_OPTIONS = {"gmin": 1e-15}
 
 #: rails (volts): PNP mirror supply, common mode of the pair's bases, tail current sink
 V_CC, V_CM, V_EE = 2.5, -1.0, -3.0
-
-#: prefixes of element names with a role the non-idealities look for
-OPAMP_PREFIX = "oa_"
-WEIGHT_PREFIX = "w_"
-
-
-def thermal_voltage(temp_celsius: float) -> float:
-    """kT/q in volts at ``temp_celsius``, with ngspice's constants."""
-    return BOLTZMANN * (temp_celsius + CELSIUS_TO_KELVIN) / CHARGE
-
-
-# --------------------------------------------------------------------------- IR extensions
-class DeviceKind(str, Enum):
-    """Element kinds beyond :class:`~._ir.Kind`; ``prefix`` is the SPICE letter."""
-
-    Q = "Q"  # bipolar transistor: nodes (collector, base, emitter), value Transistor
-    NOISE = "INOISE"  # transient noise current source: nodes (n+, n-), value NoiseSource
-
-    @property
-    def prefix(self) -> str:
-        return self.value[0]
-
-
-@dataclass(frozen=True)
-class Transistor:
-    """Value of a ``Q`` element: the ``.model`` it uses and its emitter area (scales IS)."""
-
-    model: str
-    area: float = 1.0
-
-
-@dataclass(frozen=True)
-class NoiseSource:
-    """Value of a transient noise source: white noise of ``rms`` amperes, a new sample every
-    ``dt`` seconds (ngspice ``trnoise(rms dt 0 0)``; one-sided PSD = 2 rms^2 dt)."""
-
-    rms: float
-    dt: float
-
-
-@dataclass
-class DeviceCircuit(Circuit):
-    """A :class:`~._ir.Circuit` with ``.model`` cards: ``models[name] = (type, {param: value})``."""
-
-    models: dict = field(default_factory=dict)
-    nodesets: dict = field(default_factory=dict)  # node -> volts: Newton's first guess (.nodeset)
-
-
-def _check_number(name, value, *, positive=False, nonneg=False, allow_inf=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise DyadsimError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if math.isnan(value) or (math.isinf(value) and not allow_inf):
-        raise DyadsimError(f"{name} must be a finite number, got {value!r}")
-    if positive and not value > 0:
-        raise DyadsimError(f"{name} must be positive, got {value!r}")
-    if nonneg and value < 0:
-        raise DyadsimError(f"{name} must be >= 0, got {value!r}")
-    return value
-
-
-class DeviceNetlister(NgspiceNetlister):
-    """ngspice writer for circuits that may hold transistors, ``.model`` cards and
-    transient noise sources.  On a plain behavioural :class:`~._ir.Circuit` it writes
-    exactly what :class:`NgspiceNetlister` writes."""
-
-    def write_params(self, circuit):
-        super().write_params(circuit)
-        models = getattr(circuit, "models", None) or {}
-        if not models:
-            return
-        self.write_comment("device models (Gummel-Poon bipolar transistors)")
-        for name, (mtype, params) in models.items():
-            if mtype not in ("npn", "pnp"):
-                raise DyadsimError(f"unknown model type {mtype!r}")
-            body = " ".join(f"{safe_identifier(k)}={format_number(_check_number(k, v))}"
-                            for k, v in params.items())
-            self._line(f".model {safe_identifier(name)} {mtype}({body})")
-        self._line()
-
-    def write_initial_conditions(self, circuit):
-        super().write_initial_conditions(circuit)
-        nodesets = getattr(circuit, "nodesets", None) or {}
-        if not nodesets:
-            return
-        self.write_comment("first guess of the operating point at the transistor nodes (.nodeset)")
-        items = [f"v({safe_identifier(n)})={format_number(_check_number('nodeset', v))}"
-                 for n, v in nodesets.items()]
-        for i in range(0, len(items), 8):
-            self._line(".nodeset " + " ".join(items[i:i + 8]))
-        self._line()
-
-    def format_element(self, el: Element) -> str:
-        if el.kind is DeviceKind.Q:
-            t = el.value
-            nodes = " ".join(n if n == "0" else safe_identifier(n) for n in el.nodes)
-            area = _check_number("transistor area", t.area, positive=True)
-            return f"Q{safe_identifier(el.name)} {nodes} {safe_identifier(t.model)} area={format_number(area)}"
-        if el.kind is DeviceKind.NOISE:
-            ns = el.value
-            nodes = " ".join(n if n == "0" else safe_identifier(n) for n in el.nodes)
-            rms = _check_number("noise rms", ns.rms, nonneg=True)
-            dt = _check_number("noise dt", ns.dt, positive=True)
-            return (f"I{safe_identifier(el.name)} {nodes} DC 0 "
-                    f"trnoise({format_number(rms)} {format_number(dt)} 0 0)")
-        return super().format_element(el)
-
-
-def write_circuit(circuit: Circuit) -> str:
-    """Netlist text of a circuit (behavioural or device-level)."""
-    writer = DeviceNetlister()
-    writer.write(circuit)
-    return writer.stream.getvalue()
-
-
-def copy_circuit(circuit: Circuit) -> Circuit:
-    """A copy whose sections and element lists can be changed without touching the original
-    (elements are immutable and shared)."""
-    sections = [Section(s.title, list(s.elements), list(s.notes)) for s in circuit.sections]
-    return replace(circuit, header=list(circuit.header), params=dict(circuit.params),
-                   sections=sections, options=dict(circuit.options),
-                   initial_conditions=dict(circuit.initial_conditions), nodes=set(circuit.nodes),
-                   **({"models": {k: (t, dict(p)) for k, (t, p) in circuit.models.items()},
-                       "nodesets": dict(circuit.nodesets)}
-                      if isinstance(circuit, DeviceCircuit) else {}))
-
-
-def is_opamp(el: Element) -> bool:
-    """An op-amp of the device dialect (an ``E`` element named ``oa_*``)."""
-    return el.kind is Kind.E and el.name.startswith(OPAMP_PREFIX)
-
-
-def is_weight(el: Element) -> bool:
-    """A weight: a crossbar resistor (device dialect, named ``w_*``) or a weight VCCS
-    (behavioural dialect: every ``G`` element)."""
-    return (el.kind is Kind.R and el.name.startswith(WEIGHT_PREFIX)) or el.kind is Kind.G
 
 
 # --------------------------------------------------------------------------- device options
@@ -385,8 +231,7 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
         raise DyadsimError(f"opamp must be an OpAmp, got {type(opamp).__name__}")
     if not isinstance(bjt, BJTModel):
         raise DyadsimError(f"bjt must be a BJTModel, got {type(bjt).__name__}")
-    if analysis not in ("op", "tran"):
-        raise DyadsimError(f"unknown analysis {analysis!r}; valid analyses: op, tran")
+    check_analysis(analysis)
     for nm_, val in (("gain", gain), ("tau", tau), ("r_unit", r_unit), ("i_tail", i_tail),
                      ("r_divider", r_divider)):
         _check_number(nm_, val, positive=True)
@@ -404,10 +249,9 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
             raise DyadsimError(
                 f"layer {v!r} has activation {act!r}: the device dialect builds "
                 f"{' and '.join(DEVICE_ACTIVATIONS)} neurons only; use the behavioural compile_netlist")
-    X, Y, _ = net.check_xy(x, y)
-    B = X.shape[0]
-    L = net.depth
-    ids = layer_identifiers(net)
+    fr = start(net, x, y, t0)
+    X, Y, B, L, ids, nm = fr.X, fr.Y, fr.B, net.depth, fr.ids, fr.nm
+    node_map, aux_map, in_nodes, tgt_nodes = fr.node_map, fr.aux_map, fr.in_nodes, fr.tgt_nodes
     R = float(r_unit)
     vt = thermal_voltage(temp)
     k_div = 2.0 * vt  # divider ratio: V_d = 2 V_T * u (u in volts)
@@ -417,9 +261,6 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
     # Newton's first guess: the ideal circuit's operating point, from the digital
     # forward and backward passes (a mismatched circuit starts next to its answer)
     nominal = _nominal_voltages(net, X, Y, gain, k_div, vt, bjt, i_tail)
-
-    def nm(kind, v, i, b):
-        return node_name(kind, ids[v], i, b, B)
 
     c = DeviceCircuit(title=title or f"DBP device-level circuit: {L}-deep network, {net.n} "
                                      f"neurons, {B} sample(s), analysis {analysis}")
@@ -438,9 +279,7 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
     c.models = {"qn": ("npn", bjt.card()), "qp": ("pnp", bjt.card())}
     bld = _Builder(c, R, opamp.spice_gain, g_offset)
 
-    ref = c.section("reference: the cost gain as a voltage, so a readout needs only the node voltages")
-    ref.add(Kind.V, "gain", (GAIN_NODE, "0"), Param("gain"), "V(gain_ref) = gain, V(tau_ref) = tau (in seconds)")
-    ref.add(Kind.V, "tau", (TAU_NODE, "0"), Param("tau"), "V(gain_ref) = gain, V(tau_ref) = tau (in seconds)")
+    add_references(c)
     rails = c.section("supply and bias rails")
     rc = "rails: +-1 V references (biases), mirror supply, pair common mode, tail sink"
     rails.add(Kind.V, "refp", ("vrefp", "0"), 1.0, rc)
@@ -449,7 +288,6 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
     rails.add(Kind.V, "cm", ("vcm", "0"), V_CM, rc)
     rails.add(Kind.V, "ee", ("vee", "0"), V_EE, rc)
 
-    node_map, aux_map, in_nodes, tgt_nodes = {}, {}, {}, {}
     # nonzero entries of every edge: forward by destination row, backward by source column
     fwd = {v: {i: [] for i in range(net.sizes[v])} for v in net.nodes}
     bwd = {v: {i: [] for i in range(net.sizes[v])} for v in net.nodes}
@@ -470,16 +308,12 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
     for b in range(B):
         sfx = f" (sample {b})" if B > 1 else ""
         sec = c.section(f"inputs x0, targets y and their inverted copies{sfx}")
-        for i in range(net.n_in):
-            n = nm("in", net.input, i, b)
-            in_nodes[(b, i)] = n
-            sec.add(Kind.V, n, (n, "0"), float(X[b, i]), "input voltages (clamped)")
-            bld.inverter(sec, "inb" + n[2:], n, "inverted input copy inb = -in (unity inverter)")
-        for i in range(net.n_out):
-            n = target_node(i, b, B)
-            tgt_nodes[(b, i)] = n
-            sec.add(Kind.V, n, (n, "0"), float(Y[b, i]), "target voltages")
-            bld.inverter(sec, "yb" + n[1:], n, "inverted target copy yb = -y (unity inverter)")
+        add_sources(
+            sec, fr, b,
+            on_input=lambda n: bld.inverter(sec, "inb" + n[2:], n,
+                                            "inverted input copy inb = -in (unity inverter)"),
+            on_target=lambda n: bld.inverter(sec, "yb" + n[1:], n,
+                                             "inverted target copy yb = -y (unity inverter)"))
         for v in net.nodes:
             act = net.activations[v].name
             size = net.sizes[v]
@@ -574,13 +408,7 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
     set_analysis(c, analysis, L, tau, node_map, t_stop, t_step, max_step, opts, options)
     if opamp.offset != 0.0:
         c = add_opamp_offsets(c, {el.name: opamp.offset for el in c.elements() if is_opamp(el)})
-    text = write_circuit(c)
-    nl = Netlist(text, c, net, X, Y, analysis, float(gain), 1.0 / R, float(tau), node_map,
-                 aux_map, ids, in_nodes, tgt_nodes)
-    nl.stats = c.stats()
-    nl.stats["dialect"] = "device"
-    nl.compile_time = time.perf_counter() - t0
-    return nl
+    return finish(c, fr, write_circuit(c), analysis, gain, 1.0 / R, tau, dialect="device")
 
 
 def _nominal_voltages(net, X, Y, gain, k_div, vt, bjt, i_tail):
@@ -640,23 +468,3 @@ def _tanh_stage(sec, n, nm, v, i, b, r_a, r_b, r_t, i_tail, bld):
     sec.add(DeviceKind.Q, "d_" + e, (vs, c1, "vcc"), Transistor("qp"), cm)
     bld.res(sec, "f_" + n["sgb"], n["sgb"], vs, r_t, cm)
     bld.opamp(sec, n["sgb"], vs, comment=cm)
-
-
-def add_opamp_offsets(circuit: Circuit, offsets: dict) -> Circuit:
-    """A copy of ``circuit`` where op-amp ``name`` gets an input offset ``offsets[name]``
-    volts: a DC source in series with its non-inverting input."""
-    out = copy_circuit(circuit)
-    for sec in out.sections:
-        new = []
-        for el in sec.elements:
-            off = offsets.get(el.name) if is_opamp(el) else None
-            if off:
-                _check_number("op-amp offset", off)
-                o, gnd, pos, neg = el.nodes
-                node = "os_" + o
-                new.append(Element(Kind.V, "os_" + o, (node, pos), float(off), "op-amp input offset"))
-                new.append(replace(el, nodes=(o, gnd, node, neg)))
-            else:
-                new.append(el)
-        sec.elements = new
-    return out

@@ -1,19 +1,39 @@
-"""Netlist writers: a base netlister walks the IR; a dialect overrides the hooks."""
+"""Netlist writers: a base netlister walks the IR; a dialect overrides the hooks.
+
+:class:`NgspiceNetlister` writes behavioural circuits; :class:`DeviceNetlister` adds
+transistors, transient noise sources and ``.model`` cards (on a behavioural circuit it
+writes exactly what :class:`NgspiceNetlister` writes); :func:`write_circuit` writes
+either kind.
+"""
 
 from __future__ import annotations
 
 import io
 import re
 
-from ._ir import Analysis, Call, Circuit, Element, Expr, Kind, Num, Op, Param, Volt, safe_identifier
+from ..errors import DyadsimError
+from ._ir import (
+    Analysis, Call, Circuit, DeviceKind, Element, Expr, Kind, Num, Op, Param, Volt, _check_number,
+    safe_identifier,
+)
 
-__all__ = ["Netlister", "NgspiceNetlister", "format_number"]
+__all__ = ["Netlister", "NgspiceNetlister", "DeviceNetlister", "write_circuit", "format_number"]
 
 _COMMENT_BAD = re.compile(r"[^\x20-\x7e]")
 
 
 def format_number(x: float) -> str:
-    """Shortest round-trip repr of a float (deterministic, full precision)."""
+    """Shortest round-trip repr of a float (deterministic, full precision).
+
+    Parameters
+    ----------
+    x : float
+
+    Returns
+    -------
+    str
+        ``"0"`` for zero, else ``repr(float(x))`` (e.g. ``"1e-12"``, ``"0.5"``).
+    """
     x = float(x)
     if x == 0:
         return "0"
@@ -159,13 +179,21 @@ class NgspiceNetlister(Netlister):
         return f"{name} {nodes} {self.format_value(el.value)}"
 
     def write_initial_conditions(self, circuit):
-        if not circuit.initial_conditions:
-            return
-        self.write_comment("initial state of the relaxation (x = z = 0); .ic without uic keeps t=0")
-        items = [f"v({safe_identifier(n)})={format_number(v)}" for n, v in circuit.initial_conditions.items()]
-        for i in range(0, len(items), 8):
-            self._line(".ic " + " ".join(items[i:i + 8]))
-        self._line()
+        if circuit.initial_conditions:
+            self.write_comment("initial state of the relaxation (x = z = 0); .ic without uic keeps t=0")
+            items = [f"v({safe_identifier(n)})={format_number(v)}"
+                     for n, v in circuit.initial_conditions.items()]
+            for i in range(0, len(items), 8):
+                self._line(".ic " + " ".join(items[i:i + 8]))
+            self._line()
+        nodesets = getattr(circuit, "nodesets", None) or {}
+        if nodesets:
+            self.write_comment("first guess of the operating point at the transistor nodes (.nodeset)")
+            items = [f"v({safe_identifier(n)})={format_number(_check_number('nodeset', v))}"
+                     for n, v in nodesets.items()]
+            for i in range(0, len(items), 8):
+                self._line(".nodeset " + " ".join(items[i:i + 8]))
+            self._line()
 
     def write_options(self, circuit):
         if circuit.options:
@@ -182,3 +210,56 @@ class NgspiceNetlister(Netlister):
             self._line(f".tran {format_number(a.tstep)} {format_number(a.tstop)} 0 {format_number(a.tmax)}")
         else:
             raise ValueError(f"unknown analysis {a.kind!r}")
+
+
+class DeviceNetlister(NgspiceNetlister):
+    """ngspice writer for circuits that may hold transistors, ``.model`` cards and
+    transient noise sources.  On a plain behavioural :class:`~._ir.Circuit` it writes
+    exactly what :class:`NgspiceNetlister` writes."""
+
+    def write_params(self, circuit):
+        super().write_params(circuit)
+        models = getattr(circuit, "models", None) or {}
+        if not models:
+            return
+        self.write_comment("device models (Gummel-Poon bipolar transistors)")
+        for name, (mtype, params) in models.items():
+            if mtype not in ("npn", "pnp"):
+                raise DyadsimError(f"unknown model type {mtype!r}")
+            body = " ".join(f"{safe_identifier(k)}={format_number(_check_number(k, v))}"
+                            for k, v in params.items())
+            self._line(f".model {safe_identifier(name)} {mtype}({body})")
+        self._line()
+
+    def format_element(self, el: Element) -> str:
+        if el.kind is DeviceKind.Q:
+            t = el.value
+            nodes = " ".join(n if n == "0" else safe_identifier(n) for n in el.nodes)
+            area = _check_number("transistor area", t.area, positive=True)
+            return f"Q{safe_identifier(el.name)} {nodes} {safe_identifier(t.model)} area={format_number(area)}"
+        if el.kind is DeviceKind.NOISE:
+            ns = el.value
+            nodes = " ".join(n if n == "0" else safe_identifier(n) for n in el.nodes)
+            rms = _check_number("noise rms", ns.rms, nonneg=True)
+            dt = _check_number("noise dt", ns.dt, positive=True)
+            return (f"I{safe_identifier(el.name)} {nodes} DC 0 "
+                    f"trnoise({format_number(rms)} {format_number(dt)} 0 0)")
+        return super().format_element(el)
+
+
+def write_circuit(circuit: Circuit) -> str:
+    """The netlist text of a circuit, behavioural or device-level.
+
+    Parameters
+    ----------
+    circuit : Circuit
+        The circuit IR (a :class:`~._ir.DeviceCircuit` for transistors and ``.model`` cards).
+
+    Returns
+    -------
+    str
+        The ngspice netlist, ending with ``.end``.
+    """
+    writer = DeviceNetlister()
+    writer.write(circuit)
+    return writer.stream.getvalue()

@@ -39,8 +39,6 @@ ALL_TENSORS = "(all parameters)"
 COLUMNS = ["run", "tensor", "rel_error", "norm_ratio", "angle", "log10_angle", "failed", "error",
            "rescued", "seconds"]
 
-_ANALYSIS_CARD = re.compile(r"^\.(op|tran)\b.*$", re.MULTILINE)
-
 
 # --------------------------------------------------------------------------- one run (worker side)
 def _network_from(spec):
@@ -50,40 +48,11 @@ def _network_from(spec):
     return Network.from_graph(graph, loss=loss)
 
 
-def _with_nodesets(text: str, voltages: dict) -> str:
-    """Netlist text with every node's voltage as a ``.nodeset`` (old ones dropped)."""
-    from ..circuits import format_number, safe_identifier
-
-    lines = [ln for ln in text.splitlines() if not ln.lower().startswith(".nodeset")]
-    items = [f"v({safe_identifier(k)})={format_number(v)}" for k, v in voltages.items()
-             if "#" not in k and math.isfinite(v)]
-    cards = [".nodeset " + " ".join(items[i:i + 8]) for i in range(0, len(items), 8)]
-    for idx in range(len(lines) - 1, 0, -1):
-        if _ANALYSIS_CARD.match(lines[idx].strip().lower()):
-            return "\n".join(lines[:idx] + cards + lines[idx:]) + "\n"
-    raise DyadsimError("netlist has no analysis card")
-
-
-def _with_gmin(text: str, gmin: float) -> str:
-    """Netlist text whose ``.options`` card has ``gmin`` set (added when missing)."""
-    from ..circuits import format_number
-
-    out, done = [], False
-    for ln in text.splitlines():
-        if not done and ln.lower().startswith(".options"):
-            ln = re.sub(r"\s+gmin=\S+", "", ln) + f" gmin={format_number(gmin)}"
-            done = True
-        out.append(ln)
-    if not done:
-        raise DyadsimError("netlist has no .options card")
-    return "\n".join(out) + "\n"
-
-
 #: ``reason`` of the failures :func:`simulate_robust` tries to rescue
 RESCUABLE = ("singular-matrix", "no-convergence")
 
 
-def simulate_robust(text: str, analysis: str, timeout: float):
+def simulate_robust(circuit, analysis: str, timeout: float):
     """``simulate`` with the subprocess backend, plus a rescue for a failed ``.op``.
 
     Direct Newton can fail on a large or strongly perturbed circuit (the device dialect's
@@ -92,10 +61,41 @@ def simulate_robust(text: str, analysis: str, timeout: float):
     singular-matrix or no-convergence failure is retried, first with the junction leakage
     ``gmin`` at ngspice's default 1e-12 S (better conditioned), then with
     ``allow_singular=True``; whichever answer comes back is only a *first guess*: it is fed
-    as ``.nodeset`` to the original netlist, which must then converge strictly (no warning;
-    a truly floating node fails again).  Returns ``(result, rescued)``.
+    as ``.nodeset`` to the original circuit, which must then converge strictly (no warning;
+    a truly floating node fails again).  The retries change the circuit IR
+    (:func:`~dyadsim.circuits.with_options`, :func:`~dyadsim.circuits.with_nodesets`),
+    never the netlist text.
+
+    Parameters
+    ----------
+    circuit : Circuit or Netlist
+        The circuit IR, or a compiled :class:`~dyadsim.circuits.Netlist` (its ``circuit``).
+    analysis : str
+        ``"op"`` or ``"tran"`` (only an ``.op`` is rescued).
+    timeout : float
+        Seconds per ngspice run.
+
+    Returns
+    -------
+    (OperatingPoint or Transient, bool)
+        The result, and whether it needed the rescue.
+
+    Raises
+    ------
+    SimulatorError
+        When the circuit fails and the rescue does too (the first failure is raised).
+    DyadsimError
+        When ``circuit`` is netlist text: the rescue needs the circuit IR.
     """
+    from ..circuits import Circuit, with_nodesets, with_options, write_circuit
     from ..simulator import simulate
+
+    circuit = getattr(circuit, "circuit", circuit)  # a compiled Netlist
+    if not isinstance(circuit, Circuit):
+        raise DyadsimError(
+            f"simulate_robust needs the circuit IR (a Circuit or a compiled Netlist), got "
+            f"{type(circuit).__name__}: its rescue changes the circuit, not netlist text")
+    text = write_circuit(circuit)
 
     def strict(t):
         return simulate(t, analysis, backend="subprocess", timeout=timeout)
@@ -107,7 +107,7 @@ def simulate_robust(text: str, analysis: str, timeout: float):
             raise
         first = exc
     attempts = (
-        lambda: strict(_with_gmin(text, 1e-12)),
+        lambda: strict(write_circuit(with_options(circuit, gmin=1e-12))),
         lambda: simulate(text, analysis, backend="subprocess", timeout=timeout, allow_singular=True),
     )
     for attempt in attempts:
@@ -118,7 +118,7 @@ def simulate_robust(text: str, analysis: str, timeout: float):
                 raise
             continue
         try:
-            return strict(_with_nodesets(text, rough.voltages)), True
+            return strict(write_circuit(with_nodesets(circuit, rough.voltages))), True
         except SimulatorError as exc:
             if exc.reason not in RESCUABLE:
                 raise
@@ -166,7 +166,7 @@ def run_one(run, circuit, nonidealities, seed, net_spec, reference, analysis, ti
     Returns rows (dicts), one per parameter tensor plus one for all of them.  Never
     raises for a failed run: the rows carry ``failed=True`` and the message.
     """
-    from ..circuits import apply_nonidealities, write_circuit
+    from ..circuits import apply_nonidealities
     from ..network import param_name
     from ..readout import compare
 
@@ -176,8 +176,7 @@ def run_one(run, circuit, nonidealities, seed, net_spec, reference, analysis, ti
         net = _network_from(net_spec)
         rng = np.random.default_rng([int(seed), int(run)])
         perturbed = apply_nonidealities(circuit, nonidealities, rng)
-        text = write_circuit(perturbed)
-        result, rescued = simulate_robust(text, analysis, timeout)
+        result, rescued = simulate_robust(perturbed, analysis, timeout)
         if analysis == "tran" and average > 0:
             result = _averaged(result, average)
         grads = readout_perturbed(net, result)

@@ -1,13 +1,19 @@
-"""Non-idealities: small frozen transforms of the circuit IR that compose.
+"""Transforms of the circuit IR: every change made to a compiled circuit goes through here.
 
-Each non-ideality is a frozen dataclass with ``apply(circuit, rng) -> Circuit``: it returns
-a *new* circuit with perturbed element values (the input is never modified), drawing any
-randomness from the numpy ``Generator`` it is given.  :func:`perturbed_netlist` applies a
-list of them in order to a compiled :class:`~dyadsim.circuits.Netlist` and writes the text
-again, so neither compiler needs to know about them::
+* :func:`copy_circuit`, :func:`map_elements`: the building blocks (a new circuit; the
+  input is never modified);
+* :func:`add_opamp_offsets`: an input offset source in series with chosen op-amps;
+* :func:`with_nodesets`, :func:`with_options`: first guesses (``.nodeset``) and simulator
+  options (e.g. ``gmin``), what the Monte Carlo's rescue of a failed ``.op`` changes;
+* the non-idealities, small frozen transforms that compose: each is a frozen dataclass
+  with ``apply(circuit, rng) -> Circuit`` returning a *new* circuit with perturbed element
+  values, drawing any randomness from the numpy ``Generator`` it is given.
+  :func:`perturbed_netlist` applies a list of them in order to a compiled
+  :class:`~dyadsim.circuits.Netlist` and writes the text again, so neither compiler needs
+  to know about them::
 
-    nl = compile_netlist(net, x, y)
-    bad = perturbed_netlist(nl, [Mismatch(0.05), Quantization(6)], seed=3)
+      nl = compile_netlist(net, x, y)
+      bad = perturbed_netlist(nl, [Mismatch(0.05), Quantization(6)], seed=3)
 
 A non-ideality of size zero (``Mismatch(0)``, ``Quantization(None)``, ...) returns the
 circuit unchanged, so the netlist text stays identical.  Every parameter that reaches a
@@ -17,71 +23,48 @@ netlist is checked to be a number in a sane range when the object is made.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..errors import DyadsimError
-from ._device import (
-    BOLTZMANN, IDEAL_OPAMP_GAIN, MAX_GAIN_TIMES_OFFSET, OFFSET_OPAMP_GAIN, DeviceKind, NoiseSource, Transistor, add_opamp_offsets, copy_circuit, is_opamp,
-    is_weight, write_circuit,
+from ._ir import (
+    BOLTZMANN, IDEAL_OPAMP_GAIN, MAX_GAIN_TIMES_OFFSET, OFFSET_OPAMP_GAIN, Circuit, DeviceCircuit,
+    DeviceKind, Element, Kind, NoiseSource, Num, Op, Param, Section, Transistor, _check_number,
+    is_opamp, is_weight,
 )
-from ._ir import Circuit, Element, Kind, Num, Op, Param
+from ._writer import write_circuit
 
 __all__ = [
+    "copy_circuit", "map_elements", "add_opamp_offsets", "with_nodesets", "with_options",
     "Nonideality", "Mismatch", "Quantization", "AmplifierNonideal", "ThermalNoise",
-    "WireResistance", "perturbed_netlist", "apply_nonidealities", "evaluate",
-    "check_nonidealities", "map_elements",
+    "WireResistance", "perturbed_netlist", "apply_nonidealities", "check_nonidealities",
+    "evaluate",
 ]
 
-MISMATCH_KINDS = ("R", "G", "BI", "I", "Q")
 
+# --------------------------------------------------------------------------- building blocks
+def copy_circuit(circuit: Circuit) -> Circuit:
+    """A copy whose sections and element lists can be changed without touching the original.
 
-def _number(owner, name, value, *, lo=None, hi=None, allow_none=False, integer=False):
-    """Validate a parameter: a real number (not bool, not NaN/inf) within [lo, hi]."""
-    if value is None and allow_none:
-        return None
-    ok_types = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, ok_types):
-        kind = "an integer" if integer else "a number"
-        raise DyadsimError(f"{owner}: {name} must be {kind}, got {value!r} ({type(value).__name__})")
-    if not integer and not math.isfinite(float(value)):
-        raise DyadsimError(f"{owner}: {name} must be finite, got {value!r}")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise DyadsimError(f"{owner}: {name} must be within [{lo}, {hi}], got {value!r}")
-    return value
+    Parameters
+    ----------
+    circuit : Circuit
+        A circuit IR (behavioural or :class:`~._ir.DeviceCircuit`).
 
-
-def evaluate(value, params: dict) -> float:
-    """The number a constant element value stands for (a float, or an expression of
-    numbers and ``.param`` names)."""
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return float(value)
-    if isinstance(value, Num):
-        return float(value.value)
-    if isinstance(value, Param):
-        if value.name not in params:
-            raise DyadsimError(f"unknown .param {value.name!r}")
-        return evaluate(params[value.name], params)
-    if isinstance(value, Op):
-        a, b = evaluate(value.left, params), evaluate(value.right, params)
-        return {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[value.op]
-    raise DyadsimError(f"element value {value!r} is not a constant")
-
-
-class Nonideality:
-    """Base of the non-idealities: ``apply(circuit, rng) -> Circuit`` and ``is_zero``."""
-
-    def apply(self, circuit: Circuit, rng: np.random.Generator) -> Circuit:  # pragma: no cover
-        raise NotImplementedError
-
-    @property
-    def is_zero(self) -> bool:  # pragma: no cover
-        raise NotImplementedError
-
-    @property
-    def label(self) -> str:
-        return repr(self)
+    Returns
+    -------
+    Circuit
+        Of the same class; lists and dicts are new, elements (immutable) are shared.
+    """
+    sections = [Section(s.title, list(s.elements), list(s.notes)) for s in circuit.sections]
+    return replace(circuit, header=list(circuit.header), params=dict(circuit.params),
+                   sections=sections, options=dict(circuit.options),
+                   initial_conditions=dict(circuit.initial_conditions), nodes=set(circuit.nodes),
+                   nodesets=dict(circuit.nodesets),
+                   **({"models": {k: (t, dict(p)) for k, (t, p) in circuit.models.items()}}
+                      if isinstance(circuit, DeviceCircuit) else {}))
 
 
 def map_elements(circuit, fn):
@@ -109,6 +92,163 @@ def map_elements(circuit, fn):
 
 
 _map_elements = map_elements  # the old private name
+
+
+def add_opamp_offsets(circuit: Circuit, offsets: dict) -> Circuit:
+    """Input offsets for chosen op-amps: a DC source in series with each one's
+    non-inverting input.
+
+    Parameters
+    ----------
+    circuit : Circuit
+        A device-level circuit (op-amps are ``E`` elements named ``oa_*``).
+    offsets : dict
+        ``{op-amp element name: offset in volts}``; zero or missing: unchanged.
+
+    Returns
+    -------
+    Circuit
+        A new circuit.
+    """
+    out = copy_circuit(circuit)
+    for sec in out.sections:
+        new = []
+        for el in sec.elements:
+            off = offsets.get(el.name) if is_opamp(el) else None
+            if off:
+                _check_number("op-amp offset", off)
+                o, gnd, pos, neg = el.nodes
+                node = "os_" + o
+                new.append(Element(Kind.V, "os_" + o, (node, pos), float(off), "op-amp input offset"))
+                new.append(replace(el, nodes=(o, gnd, node, neg)))
+            else:
+                new.append(el)
+        sec.elements = new
+    return out
+
+
+def with_nodesets(circuit: Circuit, voltages: dict) -> Circuit:
+    """A circuit whose first guesses (``.nodeset``) are the given node voltages.
+
+    Parameters
+    ----------
+    circuit : Circuit
+    voltages : dict
+        ``{node: volts}``, e.g. the ``voltages`` of an operating point.  Branch currents
+        (names with ``#``) and non-finite values are left out; the circuit's old first
+        guesses are dropped.
+
+    Returns
+    -------
+    Circuit
+        A new circuit.
+    """
+    out = copy_circuit(circuit)
+    out.nodesets = {k: float(v) for k, v in voltages.items() if "#" not in k and math.isfinite(v)}
+    return out
+
+
+_OPTION_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_OPTION_TEXT = re.compile(r"[a-z0-9_.+-]+")
+
+
+def with_options(circuit: Circuit, **options) -> Circuit:
+    """A circuit with some simulator options (``.options``) set; each one set moves to the
+    end of the card.
+
+    Parameters
+    ----------
+    circuit : Circuit
+    **options
+        ``name=value``: a number, ``True`` (a flag) or a plain word, e.g. ``gmin=1e-12``.
+
+    Returns
+    -------
+    Circuit
+        A new circuit.
+
+    Raises
+    ------
+    DyadsimError
+        For a name or a value that could carry text into the netlist.
+    """
+    out = copy_circuit(circuit)
+    for k, v in options.items():
+        if not _OPTION_NAME.fullmatch(k) or (
+                not isinstance(v, (int, float, bool)) and not _OPTION_TEXT.fullmatch(str(v))):
+            raise DyadsimError(f"invalid simulator option {k!r}={v!r}")
+        out.options.pop(k, None)
+        out.options[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------- non-idealities
+MISMATCH_KINDS = ("R", "G", "BI", "I", "Q")
+
+
+def _number(owner, name, value, *, lo=None, hi=None, allow_none=False, integer=False):
+    """Validate a parameter: a real number (not bool, not NaN/inf) within [lo, hi]."""
+    if value is None and allow_none:
+        return None
+    ok_types = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, ok_types):
+        kind = "an integer" if integer else "a number"
+        raise DyadsimError(f"{owner}: {name} must be {kind}, got {value!r} ({type(value).__name__})")
+    if not integer and not math.isfinite(float(value)):
+        raise DyadsimError(f"{owner}: {name} must be finite, got {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise DyadsimError(f"{owner}: {name} must be within [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def evaluate(value, params: dict) -> float:
+    """The number a constant element value stands for.
+
+    Parameters
+    ----------
+    value : float or Expr
+        An element value: a number, or an expression of numbers and ``.param`` names.
+    params : dict
+        The circuit's ``.param`` values (``circuit.params``).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    DyadsimError
+        For an unknown ``.param`` or a value that is not a constant (a node voltage).
+    """
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    if isinstance(value, Num):
+        return float(value.value)
+    if isinstance(value, Param):
+        if value.name not in params:
+            raise DyadsimError(f"unknown .param {value.name!r}")
+        return evaluate(params[value.name], params)
+    if isinstance(value, Op):
+        a, b = evaluate(value.left, params), evaluate(value.right, params)
+        return {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[value.op]
+    raise DyadsimError(f"element value {value!r} is not a constant")
+
+
+class Nonideality:
+    """Base of the non-idealities: ``apply(circuit, rng) -> Circuit`` (a new circuit,
+    randomness drawn from the numpy Generator ``rng``), ``is_zero`` (no change) and a
+    ``label`` for tables."""
+
+    def apply(self, circuit: Circuit, rng: np.random.Generator) -> Circuit:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def is_zero(self) -> bool:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def label(self) -> str:
+        return repr(self)
 
 
 @dataclass(frozen=True)
@@ -249,7 +389,7 @@ class AmplifierNonideal(Nonideality):
             raise DyadsimError(
                 f"AmplifierNonideal: gain {self.gain:g} with offsets of {self.offset:g} V (std): "
                 f"gain * 4 std must stay below {MAX_GAIN_TIMES_OFFSET:g} for ngspice to resolve "
-                "the outputs (see dyadsim.circuits._device.OFFSET_OPAMP_GAIN)")
+                "the outputs (see dyadsim.circuits.OFFSET_OPAMP_GAIN)")
 
     @property
     def is_zero(self) -> bool:
