@@ -174,7 +174,7 @@ def device_accuracy(args):
     from dyadsim.circuits import BJTModel, OpAmp, compile_device_netlist
     from dyadsim.errors import SimulatorError
     from dyadsim.montecarlo import simulate_robust
-    from dyadsim.montecarlo._mc import readout_perturbed
+    from dyadsim.montecarlo import readout_perturbed
 
     net, x, y = problem(args.net, args.batch)
     ref = dyadsim.backprop(net, x, y)

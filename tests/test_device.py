@@ -19,7 +19,7 @@ from dyadsim.circuits import (
     perturbed_netlist,
 )
 from dyadsim.errors import DyadsimError
-from dyadsim.montecarlo._mc import readout_perturbed
+from dyadsim.montecarlo import readout_perturbed
 
 #: measured: the ideal-device readout is 5e-9 .. 1.2e-8 from backprop (docs/device_circuit.md)
 DEVICE_TOL = 1e-6

@@ -1,4 +1,4 @@
-"""Monte Carlo of perturbed circuits on Dask: how exact the analog gradient stays.
+"""A Monte Carlo: the front (:func:`monte_carlo`) and one run on a worker (:func:`run_one`).
 
 One run = one draw of the non-idealities applied to the compiled circuit IR, one ngspice
 process (the subprocess backend), one gradient readout, compared tensor by tensor with
@@ -19,25 +19,18 @@ with NaN -- becomes rows with ``failed=True`` and its message; it is counted in
 from __future__ import annotations
 
 import math
-import os
-import re
-import sys
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import DyadsimError, SimulatorError
+from ._engine import _Engine
+from ._result import ALL_TENSORS, COLUMNS, MonteCarloResult
 
-__all__ = ["monte_carlo", "MonteCarloResult", "sweep", "SweepResult", "plot_sweep",
-           "DIALECTS", "SCHEDULERS", "ALL_TENSORS"]
+__all__ = ["monte_carlo", "run_one", "simulate_robust", "readout_perturbed", "compile_base",
+           "DIALECTS", "RESCUABLE"]
 
 DIALECTS = ("behavioral", "device")
-SCHEDULERS = ("processes", "threads", "synchronous")
-#: name of the rows that hold every parameter concatenated
-ALL_TENSORS = "(all parameters)"
-COLUMNS = ["run", "tensor", "rel_error", "norm_ratio", "angle", "log10_angle", "failed", "error",
-           "rescued", "seconds"]
 
 
 # --------------------------------------------------------------------------- one run (worker side)
@@ -147,6 +140,17 @@ def readout_perturbed(net, result):
     The same readout as :func:`dyadsim.readout` (``m = (x+z)/2``, ``d = (x-z)/gain``,
     the slope at the circuit's own ``V(u)``) without its check that ``V(u) = W m + b`` of
     the nominal network: a perturbed circuit violates that by design.
+
+    Parameters
+    ----------
+    net : Network
+        The nominal network the circuit was compiled from.
+    result : OperatingPoint or Transient
+        The perturbed circuit's simulation result (a transient's last point is used).
+
+    Returns
+    -------
+    Gradients
     """
     from ..readout import readout
 
@@ -194,193 +198,6 @@ def run_one(run, circuit, nonidealities, seed, net_spec, reference, analysis, ti
                      "log10_angle": m.log10_angle, "failed": False, "error": "",
                      "rescued": rescued, "seconds": seconds})
     return rows
-
-
-# --------------------------------------------------------------------------- results
-def _finite(values):
-    a = np.asarray(values, dtype=float)
-    return a[np.isfinite(a)]
-
-
-def _stats(values) -> tuple:
-    """(mean, std) of the finite values; std is the sample std (ddof=1), exactly 0 when
-    every value is the same; (None, None) when there is no finite value."""
-    a = _finite(values)
-    if a.size == 0:
-        return None, None
-    if np.all(a == a[0]):
-        return float(a[0]), 0.0
-    return float(np.mean(a)), float(np.std(a, ddof=1)) if a.size > 1 else 0.0
-
-
-@dataclass
-class MonteCarloResult:
-    """``table``: a pandas DataFrame, one row per run x parameter tensor (columns
-    :data:`COLUMNS`; the rows named :data:`ALL_TENSORS` hold all parameters together).
-    ``summary()``: runs, failures and per-tensor statistics.  ``info``: timings, engine."""
-
-    table: object
-    runs: int
-    nonidealities: list
-    dialect: str
-    tensors: list
-    info: dict = field(default_factory=dict)
-
-    @property
-    def failed_runs(self) -> list:
-        t = self.table
-        return sorted(set(int(r) for r in t.loc[t["failed"], "run"]))
-
-    def failures(self) -> list:
-        """``[{"run": r, "error": message}]`` of every failed run."""
-        t = self.table[self.table["failed"]]
-        seen, out = set(), []
-        for run, msg in zip(t["run"], t["error"]):
-            if int(run) not in seen:
-                seen.add(int(run))
-                out.append({"run": int(run), "error": str(msg)})
-        return sorted(out, key=lambda d: d["run"])
-
-    def summary(self) -> dict:
-        """``runs``, ``failed``, ``rescued`` and, per parameter tensor (and
-        :data:`ALL_TENSORS`), the mean and standard deviation of the misalignment angle
-        (radians and log10), of the norm ratio and of the relative error against backprop,
-        over the runs that did not fail."""
-        t = self.table
-        ok = t[~t["failed"]]
-        tensors = {}
-        for name in self.tensors + [ALL_TENSORS]:
-            rows = ok[ok["tensor"] == name]
-            d = {"n": int(len(rows))}
-            for col in ("angle", "log10_angle", "norm_ratio", "rel_error"):
-                mean, std = _stats(rows[col])
-                d[f"{col}_mean"], d[f"{col}_std"] = mean, std
-            tensors[name] = d
-        return {
-            "runs": int(self.runs),
-            "failed": len(self.failed_runs),
-            "rescued": int(len(set(ok.loc[ok["rescued"], "run"]))) if len(ok) else 0,
-            "dialect": self.dialect,
-            "nonidealities": [ni.label for ni in self.nonidealities],
-            "tensors": tensors,
-            "failures": self.failures(),
-        }
-
-
-# --------------------------------------------------------------------------- engines
-class _Engine:
-    """Runs a list of (func, args) tasks on a Dask scheduler; returns results in order.
-
-    A task whose Dask future itself fails (a worker died) gives ``on_error(index, exc)``.
-    """
-
-    def __init__(self, scheduler=None, workers=None, progress=True):
-        self.scheduler = scheduler
-        self.workers = workers
-        self.progress = progress
-        self.client = None
-        self.cluster = None
-        self.own = False
-        self.kind = None
-
-    def __enter__(self):
-        sch = self.scheduler
-        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
-                                         or self.workers < 1):
-            raise DyadsimError(f"workers must be a positive integer, got {self.workers!r}")
-        if sch in SCHEDULERS:
-            self.kind = sch
-            return self
-        from distributed import Client
-
-        if isinstance(sch, Client):
-            self.client, self.kind = sch, "client"
-            return self
-        if sch is None or sch == "local":
-            from distributed import LocalCluster
-
-            n = self.workers or os.cpu_count() or 1
-            self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                        dashboard_address=None, silence_logs=40)
-            self.client = Client(self.cluster)
-            self.own, self.kind = True, f"LocalCluster({n} workers)"
-            return self
-        if isinstance(sch, str) and re.fullmatch(r"[A-Za-z0-9+.:/\[\]_-]{1,300}", sch):
-            self.client = Client(sch, timeout="30s")
-            self.own, self.kind = True, f"cluster at {sch}"
-            return self
-        raise DyadsimError(
-            f"scheduler must be None (a local cluster), a scheduler address like "
-            f"'tcp://host:8786', a distributed.Client, or one of {', '.join(SCHEDULERS)}; got {sch!r}")
-
-    def __exit__(self, *exc):
-        if self.own:
-            self.client.close()
-            if self.cluster is not None:
-                self.cluster.close()
-
-    @property
-    def n_workers(self) -> int:
-        if self.client is not None:
-            return len(self.client.scheduler_info().get("workers", {})) or 1
-        if self.kind == "synchronous":
-            return 1
-        return self.workers or os.cpu_count() or 1
-
-    def map(self, func, args_list, shared, on_error, desc="Monte Carlo"):
-        """``func(*args, *shared)`` for each args in args_list (shared sent once)."""
-        if self.client is not None:
-            return self._map_distributed(func, args_list, shared, on_error, desc)
-        import dask
-
-        # wrap the shared objects once, untraversed: dask would otherwise walk (and, for
-        # pure tasks, hash) the whole circuit IR once per task -- about a second each
-        shared_d = [dask.delayed(obj, traverse=False) for obj in shared]
-        call = dask.delayed(_guarded, pure=False, traverse=False)
-        tasks = [call(func, i, on_error, *args, *shared_d) for i, args in enumerate(args_list)]
-        kw = {"scheduler": self.kind}
-        if self.kind != "synchronous" and self.workers:
-            kw["num_workers"] = self.workers
-        if self.progress:
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar(minimum=0.5, out=sys.stderr):
-                return list(dask.compute(*tasks, **kw))
-        return list(dask.compute(*tasks, **kw))
-
-    def _map_distributed(self, func, args_list, shared, on_error, desc):
-        from distributed import as_completed
-
-        client = self.client
-        shared_f = client.scatter(list(shared), broadcast=True)
-        futures = [client.submit(func, *args, *shared_f, pure=False) for args in args_list]
-        index = {f.key: i for i, f in enumerate(futures)}
-        results = [None] * len(futures)
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(futures), desc=desc, unit="run")
-        try:
-            for fut in as_completed(futures):
-                i = index[fut.key]
-                try:
-                    results[i] = fut.result()
-                except Exception as exc:  # noqa: BLE001 -- worker lost, task crashed
-                    results[i] = on_error(i, exc)
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
-        return results
-
-
-def _guarded(func, i, on_error, *args):
-    try:
-        return func(*args)
-    except Exception as exc:  # noqa: BLE001
-        return on_error(i, exc)
 
 
 # --------------------------------------------------------------------------- front
@@ -478,99 +295,3 @@ def monte_carlo(net, x, y, *, nonidealities=(), runs=200, dialect="behavioral", 
             "elements": base.stats.get("elements"), "analysis": analysis, "seed": seed,
             "batch": int(X.shape[0])}
     return MonteCarloResult(table, runs, items, dialect, names, info)
-
-
-# --------------------------------------------------------------------------- sweeps
-@dataclass
-class SweepResult:
-    """A Monte Carlo per non-ideality size: ``values``, ``results`` (MonteCarloResult each)
-    and ``table`` (all runs, with a ``value`` column)."""
-
-    values: list
-    results: list
-    label: str = "size"
-
-    @property
-    def table(self):
-        import pandas as pd
-
-        parts = []
-        for v, r in zip(self.values, self.results):
-            t = r.table.copy()
-            t.insert(0, "value", v)
-            parts.append(t)
-        return pd.concat(parts, ignore_index=True)
-
-    def summary_table(self):
-        """One row per (value, tensor): mean/std of angle, log10 angle and norm ratio."""
-        import pandas as pd
-
-        rows = []
-        for v, r in zip(self.values, self.results):
-            s = r.summary()
-            for name, d in s["tensors"].items():
-                rows.append({"value": v, "tensor": name, "runs": s["runs"], "failed": s["failed"], **d})
-        return pd.DataFrame(rows)
-
-
-def sweep(net, x, y, *, factory, values, runs=50, label=None, scheduler=None, workers=None,
-          progress=True, **mc_kwargs) -> SweepResult:
-    """A Monte Carlo per value: ``factory(value)`` gives the non-idealities, e.g.
-    ``factory=lambda s: [Mismatch(s)]``.  One Dask cluster serves all of them."""
-    values = list(values)
-    if not values:
-        raise DyadsimError("sweep needs at least one value")
-    if not callable(factory):
-        raise DyadsimError("factory must be a callable value -> list of non-idealities")
-    results = []
-    with _Engine(scheduler, workers, progress) as engine:
-        for v in values:
-            results.append(monte_carlo(net, x, y, nonidealities=factory(v), runs=runs,
-                                       progress=progress, _engine=engine, **mc_kwargs))
-    return SweepResult(values, results, label or "non-ideality size")
-
-
-def plot_sweep(result: SweepResult, path=None, *, title=None, logx=None):
-    """Gradient misalignment angle and norm ratio against the non-ideality's size, one line
-    per parameter tensor (mean over runs, bars: one standard deviation).  Returns the
-    matplotlib Figure; saves a PNG to ``path`` when given."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    st = result.summary_table()
-    vals = np.asarray(result.values, dtype=float)
-    if logx is None:
-        pos = vals[vals > 0]
-        logx = pos.size >= 2 and pos.max() / pos.min() >= 20 and np.all(vals > 0)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    tensors = list(dict.fromkeys(st["tensor"]))
-    for k, name in enumerate(tensors):
-        rows = st[st["tensor"] == name]
-        style = dict(color="k", lw=2.2, marker="s") if name == ALL_TENSORS else dict(color=f"C{k}", lw=1.3, marker="o")
-        x = rows["value"].to_numpy(float)
-        am = rows["angle_mean"].to_numpy(float)
-        asd = rows["angle_std"].to_numpy(float)
-        ax1.errorbar(x, am, yerr=asd, capsize=3, label=name, ms=4, **style)
-        nm_ = rows["norm_ratio_mean"].to_numpy(float)
-        nsd = rows["norm_ratio_std"].to_numpy(float)
-        ax2.errorbar(x, nm_, yerr=nsd, capsize=3, label=name, ms=4, **style)
-    ax1.set_yscale("log")
-    ax1.set_ylabel("misalignment angle vs backprop (rad)")
-    ax2.axhline(1.0, color="0.6", lw=0.8, ls="--")
-    ax2.set_ylabel("norm ratio ||g~|| / ||g||")
-    for ax in (ax1, ax2):
-        ax.set_xlabel(result.label)
-        if logx:
-            ax.set_xscale("log")
-        ax.grid(alpha=0.3, which="both")
-    ax1.legend(fontsize=7)
-    runs = result.results[0].runs if result.results else 0
-    failed = sum(r.summary()["failed"] for r in result.results)
-    fig.suptitle(title or f"DBP circuit gradient vs {result.label} ({runs} runs per point, "
-                          f"{failed} failed; mean +- 1 std)", fontsize=10)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
