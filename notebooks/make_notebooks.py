@@ -55,7 +55,7 @@ Each experiment is one command (`dyadsim experiment NAME --out DIR`); here they 
 small settings (`quick=True`).  Full-size results and the commands that made them are in
 `docs/experiments.md`."""),
     ("code", """import tempfile, pathlib
-from dyadsim.training.experiments import EXPERIMENTS, run_experiment
+from dyadsim.experiments import EXPERIMENTS, run_experiment
 out = pathlib.Path(tempfile.mkdtemp())
 print(sorted(EXPERIMENTS))"""),
     ("md", "## Relaxation steps against the Euler step eta (collapse to 2L at eta = 1)"),

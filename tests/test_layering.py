@@ -59,19 +59,11 @@ ALLOW_UPWARD = {
     ("dyadsim.training.experiments", "experiments"): "module shim to dyadsim.experiments",
 }
 
-#: (importer module, imported module): imports allowed against (b).  The lead rewrites
-#: these files (issue 9, item 1); each entry goes when its import does.
-ALLOW_PRIVATE = {
-    ("dyadsim.cli._main", "dyadsim.readout._compare"): "lead: cli/_main.py uses _key_name",
-}
+#: (importer module, imported module): imports allowed against (b).  None: keep it so.
+ALLOW_PRIVATE: dict = {}
 
-#: modules allowed to import the root package, against (c).  The lead rewrites these files
-#: (issue 9, item 1); each entry goes when its file stops importing ``dyadsim``.
-ALLOW_ROOT_IMPORT = {
-    "dyadsim.cli._main": "lead: cli/_main.py",
-    "dyadsim.training._train": "lead: training/_train.py",
-    "dyadsim.demo": "lead: demo.py",
-}
+#: modules allowed to import the root package, against (c).  None: keep it so.
+ALLOW_ROOT_IMPORT: dict = {}
 
 
 # ----------------------------------------------------------------------------- the checker
@@ -267,7 +259,7 @@ needs_linter = pytest.mark.skipif(
 
 def _lint(cwd: Path, pythonpath: Path, config: Path):
     env = dict(os.environ, PYTHONPATH=str(pythonpath))
-    return subprocess.run([LINT_IMPORTS, "--config", str(config), "--no-cache"], cwd=cwd, env=env,
+    return subprocess.run([LINT_IMPORTS, str(config), "--no-cache"], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
