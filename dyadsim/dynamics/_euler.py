@@ -1,4 +1,4 @@
-"""Explicit Euler on the saddle flow: DBP's discrete relaxation (THEORY.md section 4)."""
+"""Explicit Euler on the saddle flow: DBP's discrete relaxation (docs/theory.md, section 4)."""
 
 from __future__ import annotations
 

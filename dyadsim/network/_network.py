@@ -4,7 +4,7 @@ A :class:`Network` is built from a :class:`networkx.DiGraph` whose nodes are *la
 (attribute ``size``, and ``activation``/``bias`` on every node but the input) and whose
 edges carry dense weight blocks (attribute ``weight`` of shape (size_dst, size_src)).
 Stacking every non-input neuron in topological order gives the global system of
-THEORY.md section 1, ``a = sigma(W a + beta(x0))`` with ``W`` strictly block-lower-
+docs/theory.md, section 1, ``a = sigma(W a + beta(x0))`` with ``W`` strictly block-lower-
 triangular (nilpotent, ``W**L == 0``).
 """
 
