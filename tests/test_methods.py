@@ -9,8 +9,9 @@ forms and torch autograd in ``tests/test_oracle.py``).  The batch loss the metho
 is checked too, and that the network's parameters were left as they were.
 
 To add a method, add one line to :data:`METHODS_TABLE`: ``Method(id, run, tol, applies)``
-with ``run(net, x, y)`` returning a gradients dict or a result with ``.grads``.  Once
-``dyadsim.METHODS`` exists, every registered method also runs with its default options.
+with ``run(net, x, y)`` (a function or a method object such as ``dyadsim.Euler(eta=0.5)``)
+returning a gradients dict or a result with ``.grads``.  Every method registered in
+``dyadsim.METHODS`` also runs, with its default options, on the core subset of the cases.
 
 The mutation tests at the end plant bugs in dyadsim's shared code (every edge op's
 ``weight_grad`` doubled; an activation's slope bent by 0.1 %) and check that the harness
@@ -188,13 +189,6 @@ def _grads(out):
     return out.grads if hasattr(out, "grads") else out
 
 
-def _device_op(net, x, y):
-    """The device dialect (crossbars, op-amps, BJT pairs) at its operating point."""
-    nl = dyadsim.circuits.compile_device_netlist(net, x, y)
-    return dyadsim.readout(net, dyadsim.simulate(nl, analysis="op", backend="subprocess",
-                                                 timeout=120))
-
-
 def every(spec):
     return True
 
@@ -255,7 +249,8 @@ METHODS_TABLE = [
            marks=SPICE),
     Method("spice-tran", lambda n, x, y: dyadsim.spice_gradients(n, x, y, analysis="tran"), 1e-5,
            tran_ok, marks=SPICE),
-    Method("device-op", _device_op, 1e-6, device_ok, marks=SPICE),
+    Method("device-op", dyadsim.Spice(dialect="device", backend="subprocess"), 1e-6, device_ok,
+           marks=SPICE),  # a method object is a run(net, x, y) too
 ]
 
 #: default tolerance and cases of a registered method (``dyadsim.METHODS``) by name

@@ -403,11 +403,10 @@ def test_run_experiment_errors(tmp_path):
         run_experiment("steps", tmp_path, quick=True, seeds=0)
 
 
-@pytest.mark.xfail(strict=True, reason="dyadsim.training.__getattr__ re-enters itself (RecursionError) "
-                   "in a fresh interpreter (issue 9); remove this mark once it is fixed")
 def test_lazy_experiment_exports():
     """In a fresh interpreter: in this one an earlier test may have imported the
-    experiments submodule already, which hides a broken lazy ``__getattr__``."""
+    experiments submodule already, which hid a lazy ``__getattr__`` that re-entered itself
+    (RecursionError)."""
     import subprocess
     import sys
     from pathlib import Path
