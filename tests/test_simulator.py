@@ -376,13 +376,56 @@ def test_backends_agree():
     assert set(shared.voltages) == set(sub.voltages) and set(shared.currents) == set(sub.currents)
 
 
+def _isolated(call: str) -> None:
+    """Run ``call`` (an expression on this module, ``t``) in a fresh interpreter with its own
+    libngspice: for decks whose options would leak into this process's later shared-backend
+    runs (see test_shared_runs_do_not_inherit_options)."""
+    import subprocess
+    import sys
+
+    import dyadsim
+
+    root = str(Path(dyadsim.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    here = str(Path(__file__).parent)
+    code = f"import sys; sys.path.insert(0, {here!r}); import test_simulator as t; {call}"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def _check_interp_deck(backend):
+    tran = simulate((FIXTURES / "rc_interp.cir").read_text(), backend=backend)
+    np.testing.assert_allclose(tran.time, [0, 5e-4, 1e-3, 1.5e-3, 2e-3], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(tran.v("out"), rc_closed_form(tran.time), atol=2e-3)
+
+
+def _check_tran_after_interp_deck():
+    simulate((FIXTURES / "rc_interp.cir").read_text(), backend="shared")
+    after = simulate(RC_TRAN, analysis="tran", backend="shared")
+    assert np.max(np.diff(after.time)) <= 2e-6 * (1 + 1e-9), len(after.time)  # every step
+
+
 @pytest.mark.spice
-def test_interp_option_gives_correct_waveforms():
-    deck = (FIXTURES / "rc_interp.cir").read_text()
-    for backend in BACKENDS:  # subprocess switches to ASCII raw files for `interp`
-        tran = simulate(deck, backend=backend)
-        np.testing.assert_allclose(tran.time, [0, 5e-4, 1e-3, 1.5e-3, 2e-3], rtol=1e-12, atol=1e-15)
-        np.testing.assert_allclose(tran.v("out"), rc_closed_form(tran.time), atol=2e-3)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_interp_option_gives_correct_waveforms(backend):
+    """subprocess switches to ASCII raw files for `interp`; the shared run goes to its own
+    interpreter (its `interp` would stay set in this one)."""
+    if backend == "shared":
+        _isolated("t._check_interp_deck('shared')")
+    else:
+        _check_interp_deck(backend)
+
+
+@pytest.mark.spice
+@pytest.mark.xfail(strict=True, reason="the shared libngspice keeps `.options interp` of an earlier "
+                   "run: later transients come back interpolated (101 points, not 1019); remove "
+                   "this mark once the shared backend resets it")
+def test_shared_runs_do_not_inherit_options():
+    """After the `interp` deck, the next shared transient must still have every time step
+    (in one process, test_rc_transient_matches_closed_form and test_backends_agree depend on
+    not running after it)."""
+    _isolated("t._check_tran_after_interp_deck()")
 
 
 @pytest.mark.spice
