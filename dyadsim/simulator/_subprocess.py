@@ -32,6 +32,7 @@ NETLIST_NAME = "in.cir"
 RAW_NAME = "out.raw"
 LOG_NAME = "out.log"
 
+_CRASHES = ("SIGSEGV", "SIGBUS", "SIGABRT", "SIGFPE", "SIGILL")
 _INTERP_OPTION = re.compile(r"^[ \t]*\.options?\b[^\n]*\binterp\b", re.IGNORECASE | re.MULTILINE)
 
 
@@ -59,19 +60,21 @@ def find_ngspice() -> str:
 
 
 def run_subprocess(
-    text: str, run_dir: Path, *, timeout: Optional[float], executable: Optional[str] = None
+    text: str, run_dir: Path, *, timeout: Optional[float], executable: Optional[str] = None,
+    ascii_raw: bool = False,
 ) -> tuple[list[RawPlot], str]:
     """Write ``text`` to ``run_dir/in.cir``, run ngspice in batch mode, parse ``out.raw``.
 
     Returns ``(plots, log)``.  Raises a :class:`SimulatorError` whose ``netlist_path`` is
-    ``run_dir/in.cir`` on any failure (the caller keeps the directory then).
+    ``run_dir/in.cir`` on any failure.  ``ascii_raw`` asks for the ASCII raw format (set
+    by itself for a netlist with ``.options interp``).
     """
     executable = executable or find_ngspice()
     run_dir = Path(run_dir)
     netlist = run_dir / NETLIST_NAME
     netlist.write_text(text, encoding="utf-8")
     env = dict(os.environ)
-    if _INTERP_OPTION.search(text):
+    if ascii_raw or _INTERP_OPTION.search(text):
         # ngspice 39's binary writer is wrong with `.options interp` (see _rawfile).
         env["SPICE_ASCIIRAWFILE"] = "1"
     command = [executable, "-b", "-r", RAW_NAME, "-o", LOG_NAME, NETLIST_NAME]
@@ -106,6 +109,20 @@ def run_subprocess(
         _kill(process)
         raise
     log = _read_log(run_dir, stdout, stderr)
+    if process.returncode < 0:  # killed by a signal: a crash (SEGV), the OOM killer, kill(1)
+        number = -process.returncode
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        diagnosis = diagnose_log(log.splitlines())
+        said = f"; before that it said: {diagnosis.message}" if diagnosis is not None else ""
+        raise simulator_error(
+            f"ngspice was killed by signal {name} ({number}){' -- it crashed' if name in _CRASHES else ''}{said}",
+            reason=diagnosis.reason if diagnosis is not None else Reason.FAILED,
+            log=log,
+            netlist_path=netlist,
+        )
     if process.returncode != 0:
         diagnosis = diagnose_log(log.splitlines(), failed=True)
         raise simulator_error(
