@@ -20,6 +20,7 @@ import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 
+from .._io import atomic_write
 from ..errors import DyadsimError
 from ._activations import Activation, get_activation
 from ._edges import make_edge_op
@@ -465,7 +466,21 @@ class Network:
         return Network.from_graph(self.to_graph(), loss=self.loss.name)
 
     def save(self, path) -> Path:
-        """Save to one portable ``.npz`` file (arrays plus a JSON graph description)."""
+        """Save to one portable ``.npz`` file (arrays plus a JSON graph description).
+
+        Parameters
+        ----------
+        path
+            The file; ``.npz`` is appended when it has another suffix or none.  The write is
+            atomic: an interrupted save leaves the old file (if any) as it was.
+
+        Returns
+        -------
+        pathlib.Path
+            Where the network was written.
+        """
+        if not isinstance(path, (str, PathLike)):
+            raise DyadsimError(f"path must be a str or a path, got {type(path).__name__}")
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
@@ -490,41 +505,40 @@ class Network:
             if self.bias_mode[v] is not None:
                 arrays[f"b{nodes.index(v)}"] = self.params[("b", v)]
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:
+        with atomic_write(path, "wb") as fh:
             np.savez(fh, **arrays)
         return path
 
 
-def load(path: str | PathLike) -> Network:
-    """Load a network saved with :meth:`Network.save`."""
-    path = Path(path)
-    if not path.exists():
-        raise DyadsimError(f"network file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            desc = json.loads(str(data["__graph__"]))
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, KeyError) as exc:
-        raise DyadsimError(f"{path} is not a dyadsim network file: {exc}") from None
-    if desc.get("format") != _FORMAT:
-        raise DyadsimError(f"{path} is not a dyadsim network file (format {desc.get('format')!r})")
-    G = nx.DiGraph()
-    names = [nd["name"] for nd in desc["nodes"]]
-    for i, nd in enumerate(desc["nodes"]):
-        attrs = {"size": nd["size"]}
-        if len(nd.get("shape", [])) > 1:
-            attrs["shape"] = tuple(nd["shape"])
-        if nd["activation"] is not None:
-            attrs["activation"] = nd["activation"]
-            attrs["bias"] = arrays[f"b{i}"] if nd.get("bias", True) else False
-        G.add_node(nd["name"], **attrs)
-    for k, edge in enumerate(desc["edges"]):
-        i, j = edge[0], edge[1]
-        attrs = dict(edge[2]) if len(edge) > 2 else {}
-        if f"W{k}" in arrays:
-            attrs["weight"] = arrays[f"W{k}"]
-        G.add_edge(names[i], names[j], **attrs)
-    return Network.from_graph(G, loss=desc["loss"])
+def load(path: str | PathLike, *, limits: dict | None = None) -> Network:
+    """Load a network saved with :meth:`Network.save`.
+
+    The file is untrusted input.  Before anything is decompressed or allocated, the zip
+    directory, the member names, the JSON graph description and every array's ``.npy``
+    header (dtype, shape) are checked against each other and against :data:`LOAD_LIMITS`;
+    no pickle is ever loaded.
+
+    Parameters
+    ----------
+    path
+        The ``.npz`` file.
+    limits
+        Overrides of :data:`LOAD_LIMITS` (e.g. ``{"neurons": 10**8}`` for a bigger network).
+
+    Returns
+    -------
+    Network
+
+    Raises
+    ------
+    DyadsimError
+        Naming the file and the problem: not a network file (empty, truncated, corrupt,
+        another format), a member that is missing, unexpected or of the wrong shape or
+        dtype, a graph description that is malformed or over a limit.
+    """
+    from ._load import read_network_file
+
+    return read_network_file(path, limits)
 
 
 def _forward(net: Network, X: np.ndarray):
