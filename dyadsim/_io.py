@@ -76,6 +76,8 @@ def atomic_write(path: PathLike, mode: str = "w", *, encoding: str = "utf-8",
             break
         except FileExistsError:
             continue
+        except OSError as exc:  # name the file the caller asked for, not the temporary one
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from None
     else:  # pragma: no cover - 100 collisions of a 32-bit random name
         raise FileExistsError(f"cannot create a temporary file next to {target}")
     try:

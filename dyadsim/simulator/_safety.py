@@ -57,7 +57,7 @@ FILE_MODELS = frozenset({"filesource", "d_source", "d_state", "table2d", "table3
 MAX_INCLUDE_DEPTH = 8
 MAX_INCLUDE_BYTES = 256 * 2**20
 
-_HINT = "pass allow_control=True (CLI: --allow-control) to run it anyway"
+_HINT = "pass allow_control=True (on the command line: --allow-control) to run it anyway"
 _FILE_WORD = re.compile(r"(?<![a-z0-9_])[a-z0-9_]*(?:file|process)[a-z0-9_]*", re.IGNORECASE)
 _MODEL_TYPE = re.compile(r"\.model\s+\S+\s+([a-z0-9_]+)", re.IGNORECASE)
 _PATH_BAD = re.compile(r"[$`\\\"\x00-\x1f]")
@@ -211,7 +211,7 @@ def _scan(lines, folder, root, allow, file, depth, state, top):
 
 
 def _refuse(file, number, line, why):
-    raise UnsafeNetlistError(f"{_where(file, number)}: {_show(line)}: {why}; refused ({_HINT})",
+    raise UnsafeNetlistError(f"{_where(file, number)}: {_show(line)}: {why}; refused, {_HINT}",
                              line_number=number, line=line, file=file)
 
 
