@@ -654,3 +654,93 @@ def test_simulate_many(tmp_path):
     with pytest.raises(SimulatorError, match="model name is not found"):
         simulate_many(decks, analysis="op", processes=2, workdir=tmp_path)
     assert simulate_many([], analysis="op") == []
+
+
+# ------------------------------------------------------------------------------ hardening
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM", "SIGSEGV"])
+def test_killed_ngspice_names_the_signal(sig, tmp_path, monkeypatch):
+    fake = tmp_path / "ngspice"
+    fake.write_text(f"#!/bin/sh\necho 'Note: starting' > out.log\nkill -{sig[3:]} $$\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("DYADSIM_NGSPICE", str(fake))
+    with pytest.raises(SimulatorError, match=f"killed by signal {sig}") as info:
+        simulate(DIVIDER, backend="subprocess", workdir=tmp_path / "runs")
+    assert ("crashed" in str(info.value)) == (sig == "SIGSEGV")
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_netlist_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.cir"
+    path.write_bytes(DIVIDER.replace("resistor divider", "r\xe9sistance").encode("latin-1"))
+    with pytest.raises(DyadsimError, match=r"not UTF-8 text: byte 0xe9 .*line 1") as info:
+        simulate(path, backend="subprocess")
+    assert str(path) in str(info.value)
+    with pytest.raises(DyadsimError, match="not UTF-8"):
+        simulate(path.read_bytes(), backend="subprocess")
+
+
+def test_odd_netlist_strings_are_user_errors(tmp_path):
+    for bad in ("x" * 5000, "no\x00file.cir", ""):
+        with pytest.raises(DyadsimError):
+            simulate(bad)
+    with pytest.raises(DyadsimError, match="run directory"):
+        simulate(DIVIDER, backend="subprocess", workdir=Path(__file__))  # a file, not a folder
+
+
+def _small_netlist(analysis):
+    import dyadsim
+
+    net = dyadsim.mlp("3-5-2", activation="tanh", seed=0)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((2, 3)), rng.uniform(-0.5, 0.5, (2, 2))
+    return net, x, y, dyadsim.compile_netlist(net, x, y, analysis=analysis)
+
+
+@pytest.mark.spice
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("analysis", ["op", "tran"])
+def test_dyadsim_netlists_save_only_the_readout_nodes(backend, analysis, tmp_path):
+    import dyadsim
+
+    net, x, y, nl = _small_netlist(analysis)
+    res = simulate(nl, backend=backend, keep_files=True, workdir=tmp_path)
+    everything = simulate(nl, backend=backend, keep_files=True, workdir=tmp_path, save="all")
+    assert set(res.voltages) == {n.lower() for n in nl.readout_nodes} and res.currents == {}
+    assert set(res.voltages) < set(everything.voltages) and everything.saved is None
+    assert res.saved == tuple(n.lower() for n in nl.readout_nodes)
+    # the readout needs nothing else: its gradients equal those read from the full result
+    g, g_all = dyadsim.readout(net, res), dyadsim.readout(net, everything)
+    for k in g_all:
+        np.testing.assert_array_equal(g[k], g_all[k])
+    # a node that was not kept says why, and how to keep it
+    m_node = nl.aux_map[(0, net.nodes[0], 0)]["m"]
+    with pytest.raises(UnknownVectorError, match="save='all'"):
+        res.v(m_node)
+    assert everything.v(m_node) is not None
+    if backend == "subprocess":  # and the raw file is smaller
+        def raw(r):
+            return (Path(r.netlist_path).parent / "out.raw").stat().st_size
+        assert raw(res) < 0.6 * raw(everything)
+    chosen = simulate(nl, backend=backend, save=[nl.input_nodes[(0, 0)]])
+    assert list(chosen.voltages) == [nl.input_nodes[(0, 0)].lower()]
+
+
+def test_netlist_write_is_atomic(tmp_path, monkeypatch):
+    import dyadsim._io as io_mod
+
+    _, _, _, nl = _small_netlist("op")
+    path = tmp_path / "c.cir"
+    path.write_text("old netlist\n")
+
+    def fail(fd):
+        raise KeyboardInterrupt  # after every byte was written, before the rename
+
+    monkeypatch.setattr(io_mod.os, "fsync", fail)
+    with pytest.raises(KeyboardInterrupt):
+        nl.write(path)
+    assert path.read_text() == "old netlist\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.cir"]  # no temporary file left
+    monkeypatch.undo()
+    assert nl.write(path) == path and path.read_text() == nl.text
