@@ -238,7 +238,9 @@ def _include(line, s, token, word, folder, root, allow, file, number, depth, sta
         tail = (" " + parts[1]) if len(parts) > 1 else ""
         quoted = False
     if not name:
-        return None  # ngspice reports the missing file name itself
+        if allow:
+            return None  # ngspice reports the missing file name itself
+        _refuse(file, number, line, f"{word} card without a file name")
     if is_lib and not quoted and not tail.strip() and not re.search(r"[/~.]", name):
         return None  # ".lib section": the start of a library section, not a file
     if allow:
