@@ -744,3 +744,14 @@ def test_netlist_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.cir"]  # no temporary file left
     monkeypatch.undo()
     assert nl.write(path) == path and path.read_text() == nl.text
+
+
+def test_huge_logs_are_cut_to_head_and_tail(tmp_path):
+    from dyadsim.simulator import _subprocess
+
+    lines = [f"line {i}: Reference value" for i in range(200_000)] + ["Error: the last word"]
+    (tmp_path / _subprocess.LOG_NAME).write_text("\n".join(lines) + "\n")
+    log = _subprocess._read_log(tmp_path, b"", b"")
+    assert log.startswith("line 0:") and log.rstrip().endswith("Error: the last word")
+    assert "bytes of ngspice output left out" in log
+    assert len(log) <= _subprocess.LOG_HEAD_BYTES + _subprocess.LOG_TAIL_BYTES + 100

@@ -157,12 +157,33 @@ def _kill(process: subprocess.Popen) -> None:
 _BANNER = re.compile(r"^(\*\*.*|\*+|Batch mode|Simulation output goes to rawfile:.*|Comments and warnings go to log-file:.*)$")
 
 
+#: How much of a log is kept: its head and its tail (a ``.print`` of a long transient can
+#: write gigabytes into it).
+LOG_HEAD_BYTES = 64 * 1024
+LOG_TAIL_BYTES = 1024 * 1024
+
+
+def _read_log_file(path: Path) -> str:
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if size <= LOG_HEAD_BYTES + LOG_TAIL_BYTES:
+            data = fh.read()
+        else:
+            head = fh.read(LOG_HEAD_BYTES)
+            fh.seek(size - LOG_TAIL_BYTES)
+            tail = fh.read()
+            skipped = size - len(head) - len(tail)
+            data = head + f"\n[... {skipped} bytes of ngspice output left out ...]\n".encode() + tail
+    return data.decode("utf-8", errors="replace")
+
+
 def _read_log(run_dir: Path, stdout: bytes, stderr: bytes) -> str:
-    """ngspice's log file, then whatever it printed on stdout (banner dropped) and stderr."""
+    """ngspice's log file (head and tail when huge), then whatever it printed on stdout
+    (banner dropped) and stderr."""
     parts = []
     log_file = run_dir / LOG_NAME
     if log_file.exists():
-        parts.append(log_file.read_text(encoding="utf-8", errors="replace"))
+        parts.append(_read_log_file(log_file))
     out = [l for l in stdout.decode("utf-8", "replace").splitlines() if l.strip() and not _BANNER.match(l.strip())]
     if out:
         parts.append("\n".join(out))
