@@ -327,8 +327,8 @@ OPTION_VALUES = {
     "--activation": _mostly(["tanh", "relu", "sigmoid", "identity", "softplus"], ["gelu", "", "TANH"]),
     "--output-activation": _mostly(["identity", "tanh"], ["nope"]),
     "--loss": _mostly(["mse", "xent"], ["hinge", ""]),
-    "--seed": _mostly(["0", "1", "7"], ["x", "1.5", "", "99999999999999999999999"]),
-    "--batch": _mostly(["1", "3"], ["0", "x", ""]),
+    "--seed": _mostly(["0", "1", "7"], ["x", "1.5", "", "-1", "99999999999999999999999"]),
+    "--batch": _mostly(["1", "3"], ["0", "-1", "x", ""]),
     "--eta": _mostly(["1", "0.5", "1.9"], ["0", "2", "-1", "nan", "inf", "x"]),
     "--method": _mostly(["backprop", "euler", "ode"], ["nope"]),
     "--schedule": _mostly(["parallel", "wavefront"], ["nope"]),
@@ -422,8 +422,8 @@ def test_fuzz_cli_simulate(netlist, options):
 
 
 # ----------------------------------------------------------------------------- found elsewhere
-# What the fuzzing found outside this suite's areas, kept as strict xfails so that the fix
-# shows up as an XPASS: remove the marker then.
+# What the fuzzing found outside this suite's areas: open ones are strict xfails, so that
+# the fix shows up as an XPASS (remove the marker then).
 
 
 @pytest.mark.xfail(strict=True, reason="issue 11 item 6 (dynamics/cli): overflow reported as success, "
@@ -450,10 +450,10 @@ def test_gap_complex_weights_are_refused():
         dyadsim.Network.from_graph(G)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 9 (cli/_main.py): --batch -1 and --seed -1 give "
-                                       "numpy tracebacks")
-@pytest.mark.parametrize("option", [["--batch", "-1"], ["--seed", "-1"]])
-def test_gap_negative_batch_and_seed(option):
+@pytest.mark.parametrize("option", [["--batch", "-1"], ["--seed", "-1"], ["--net", "100000000-100000000"]])
+def test_found_and_fixed_negative_batch_seed_and_huge_nets(option):
+    argv = ["grad", "--net", "3-4-2", *option]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        assert main(["grad", "--net", "3-4-2", *option]) == 2
+        assert main(argv) == 2
+    assert err.getvalue().startswith("error: ") and err.getvalue().count("\n") == 1
