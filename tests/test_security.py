@@ -374,3 +374,54 @@ def test_cli_reports_a_crafted_file_in_one_line(tmp_path, capsys):
     empty.write_bytes(b"")
     assert main(["grad", "--net", str(empty)]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the command line
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "net.cir"  # a path under a file
+    assert main(["netlist", "--net", "3-4-2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file, not a folder" in err
+    assert main(["netlist", "--net", "3-4-2", "--out", str(tmp_path / "ok.cir"),
+                 "--save-network", str(out)]) == 2
+    assert "--save-network" in capsys.readouterr().err and not (tmp_path / "ok.cir").exists()
+    latin1 = tmp_path / "latin1.cir"
+    latin1.write_bytes(b"r\xe9sistance\nR1 1 0 1k\nV1 1 0 1\n.op\n.end\n")
+    assert main(["simulate", str(latin1)]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+    assert main(["import-torch", str(latin1), "--input-shape", "", "--out", str(tmp_path / "m.npz")]) == 2
+    assert "--input-shape" in capsys.readouterr().err
+
+    import dyadsim.cli._main as cli_main
+
+    def raiser(exc):
+        def build(*args, **kwargs):
+            raise exc
+        return build
+
+    for exc, status, said in ((PermissionError(13, "Permission denied", "/data/x.npz"), 2,
+                               "error: Permission denied: /data/x.npz"),
+                              (KeyboardInterrupt(), 130, "interrupted"),
+                              (MemoryError(), 2, "out of memory")):
+        monkeypatch.setattr(cli_main, "build_network", raiser(exc))
+        assert main(["grad", "--net", "3-4-2"]) == status
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err and err.strip().count("\n") == 0, err
+
+
+@pytest.mark.spice
+def test_cli_plot_misuse_is_reported_before_simulating(tmp_path, capsys, monkeypatch):
+    src = tmp_path / "d.cir"
+    src.write_text(deck())
+    import dyadsim.simulator as simulator_pkg
+
+    def never(*args, **kwargs):  # pragma: no cover - must not be reached
+        raise AssertionError("simulated before checking --plot")
+
+    monkeypatch.setattr(simulator_pkg, "simulate", never)
+    assert main(["simulate", str(src), "--plot", str(tmp_path / "p.png")]) == 2
+    assert "--plot needs --net" in capsys.readouterr().err
+    net = dyadsim.mlp("3-4-2").save(tmp_path / "n.npz")
+    assert main(["simulate", str(src), "--net", str(net), "--plot", str(tmp_path / "p.png")]) == 2
+    assert "--plot needs a transient" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
-from .._io import read_text
+from .._io import atomic_write, read_text
 from .._validate import check_bool, check_int, check_timeout
 from ..errors import DyadsimError, SimulatorError
 from . import _shared, _subprocess
@@ -370,8 +370,9 @@ def _summary(exc: SimulatorError) -> str:
 def _keep_files(text: str, log: str, workdir) -> Path:
     """Write the netlist and ngspice's log to a new run directory (shared backend)."""
     run_dir = _make_run_dir(workdir)
-    (run_dir / _subprocess.NETLIST_NAME).write_text(text, encoding="utf-8")
-    (run_dir / _subprocess.LOG_NAME).write_text(log, encoding="utf-8")
+    for name, content in ((_subprocess.NETLIST_NAME, text), (_subprocess.LOG_NAME, log)):
+        with atomic_write(run_dir / name) as fh:
+            fh.write(content)
     return run_dir / _subprocess.NETLIST_NAME
 
 
