@@ -259,8 +259,9 @@ def _include(line, s, token, word, folder, root, allow, file, number, depth, sta
     if not _inside(resolved, root):
         _refuse(file, number, line, f"{word} of {str(resolved)!r}, outside the netlist's folder {str(root)!r}")
     if not resolved.is_file():
+        why = "is not a regular file" if resolved.exists() else "does not exist"
         raise UnsafeNetlistError(f"{_where(file, number)}: {_show(line)}: included file "
-                                 f"{str(resolved)!r} does not exist", line_number=number, line=line, file=file)
+                                 f"{str(resolved)!r} {why}", line_number=number, line=line, file=file)
     if depth + 1 > MAX_INCLUDE_DEPTH:
         _refuse(file, number, line, f"includes nested deeper than {MAX_INCLUDE_DEPTH}")
     key = str(resolved)
