@@ -22,7 +22,8 @@ from typing import IO, Iterator, Union
 
 from .errors import DyadsimError
 
-__all__ = ["atomic_write", "check_output_path", "read_text", "TEMP_SUFFIX"]
+__all__ = ["atomic_write", "check_output_path", "read_text", "TEMP_SUFFIX", "to_jsonable", "write_text",
+           "write_json", "save_figure"]
 
 #: Suffix of the temporary files :func:`atomic_write` creates (``.NAME.XXXXXXXX.tmp``).
 TEMP_SUFFIX = ".tmp"
@@ -204,3 +205,57 @@ def read_text(path: PathLike, what: str = "file") -> str:
             f"{what} {str(path)!r} is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset "
             f"{exc.start} (line {line}) cannot be decoded"
         ) from None
+
+
+def to_jsonable(obj):
+    """Plain JSON values: dict keys as strings, tuples as lists, numpy scalars and arrays
+    as Python numbers and lists, NaN and infinities as ``None`` (JSON has neither), paths
+    as strings, anything else as its ``repr``.  The one JSON cleaner of the package."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, type) and issubclass(obj, np.generic):
+        return np.dtype(obj).name
+    return repr(obj)
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    """Write a text file atomically (see :func:`atomic_write`); returns its path."""
+    path = Path(path)
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
+    return path
+
+
+def write_json(path: PathLike, obj, indent: int = 2) -> Path:
+    """Write ``obj`` (cleaned by :func:`to_jsonable`) as strict JSON, atomically."""
+    import json
+
+    return write_text(path, json.dumps(to_jsonable(obj), indent=indent, allow_nan=False) + "\n")
+
+
+def save_figure(fig, path: PathLike, **kwargs) -> Path:
+    """``fig.savefig`` through :func:`atomic_write` (the format from the suffix)."""
+    path = Path(path)
+    kwargs.setdefault("format", path.suffix.lstrip(".") or "png")
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, **kwargs)
+    return path

@@ -439,9 +439,7 @@ def test_gap_overflowing_weights_give_valid_json(tmp_path):
     assert status == 2 or math.isfinite(_strict_json(out.getvalue())["loss"])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 5 (network): complex weights lose their "
-                                       "imaginary part silently")
-def test_gap_complex_weights_are_refused():
+def test_found_and_fixed_complex_weights_are_refused():
     G = nx.DiGraph()
     G.add_node("in", size=2)
     G.add_node("out", size=1, activation="tanh")

@@ -21,6 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._io import atomic_write
+from .._validate import as_float_array, check_finite
 from ..errors import DyadsimError
 from ._activations import Activation, get_activation
 from ._edges import make_edge_op
@@ -34,18 +35,9 @@ _FORMAT = "dyadsim-network"
 _FORMAT_VERSION = 1
 
 
-def _check_finite(arr: np.ndarray, what: str) -> None:
-    if not np.all(np.isfinite(arr)):
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise DyadsimError(f"{what} contains {bad} non-finite value(s) (NaN or inf)")
-
-
-def _as_float_array(value, what: str) -> np.ndarray:
-    try:
-        arr = np.array(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise DyadsimError(f"{what} is not a numeric array: {exc}") from None
-    return arr
+# the one validation module's helpers, under the names this module has always used
+_check_finite = check_finite
+_as_float_array = as_float_array
 
 
 @dataclass(frozen=True)
