@@ -419,6 +419,31 @@ def _check_tran_after_interp_deck():
     assert np.max(np.diff(after.time)) <= 2e-6 * (1 + 1e-9), len(after.time)  # every step
 
 
+def _check_sticky_backstop(card):
+    """In a fresh interpreter: a netlist that switches `card` on for good in the shared
+    library (possible with allow_control=True), then transients that must not be returned."""
+    before = simulate(RC_TRAN, backend="shared")
+    sub = simulate(RC_TRAN, backend="subprocess")
+    assert len(sub.time) > 500  # steps of at most 2 us over 2 ms, not the 20 us TSTEP grid
+    np.testing.assert_array_equal(before.time, sub.time)
+    deck = (FIXTURES / "rc_interp.cir").read_text() if card == "interp" else RC_TRAN.replace(".tran", ".save none\n.tran")
+    simulate(deck, backend="shared", allow_control=True)
+    # ngspice now resamples every transient onto the TSTEP grid (101 points), or keeps one
+    # point of it: refused, never returned
+    with pytest.raises(SimulatorError, match=card) as info:
+        after = simulate(RC_TRAN, analysis="tran", backend="shared")
+        raise AssertionError(f"the shared backend returned a {len(after.time)}-point transient")
+    assert info.value.reason == "failed"
+    auto = simulate(RC_TRAN)  # goes to the subprocess backend
+    assert auto.backend == "subprocess"
+    np.testing.assert_array_equal(auto.time, sub.time)
+    np.testing.assert_array_equal(auto.v("out"), sub.v("out"))
+    assert simulate(DIVIDER, backend="shared").v("2") == pytest.approx(2.0, abs=1e-12)  # .op unaffected
+    if card == "interp":  # a netlist asking for `interp` gets it
+        tran = simulate(deck, backend="shared", allow_control=True)
+        np.testing.assert_allclose(tran.time, [0, 5e-4, 1e-3, 1.5e-3, 2e-3], rtol=1e-12, atol=1e-15)
+
+
 @pytest.mark.spice
 @pytest.mark.parametrize("backend", BACKENDS + ["auto"])
 def test_interp_option_gives_correct_waveforms(backend):
@@ -455,6 +480,41 @@ def test_shared_engine_never_sees_options_that_stick(sticky, card, tmp_path):
         assert simulate(src, backend="auto").backend == "subprocess"
     tran = simulate(RC_TRAN, backend="shared")  # the engine is still exact
     assert np.max(np.diff(tran.time)) <= 2e-6 * (1 + 1e-9)
+
+
+@pytest.mark.spice
+@pytest.mark.parametrize("card", ["interp", "save none"])
+def test_shared_engine_refuses_transients_after_a_sticky_setting(card):
+    """Backstop behind the netlist check: with allow_control=True such a netlist does reach
+    the shared library, and a later transient there is refused instead of returned wrong."""
+    _isolated(f"t._check_sticky_backstop({card!r})")
+
+
+@pytest.mark.spice
+def test_interp_spelled_opt_gets_ascii_raw_files():
+    # ngspice takes any card starting with ".opt"; with allow_control the netlist check does
+    # not look, so the subprocess backend must see `interp` itself (binary raw files are wrong)
+    deck = (FIXTURES / "rc_interp.cir").read_text().replace(".options interp", ".opt interp")
+    tran = simulate(deck, backend="subprocess", allow_control=True)
+    np.testing.assert_allclose(tran.time, [0, 5e-4, 1e-3, 1.5e-3, 2e-3], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.spice
+def test_shared_run_reads_only_its_own_plots():
+    engine = _shared.get_engine()
+    with _shared._RUN_LOCK:  # other code using the library leaves a circuit and its .op plot
+        engine.load(DIVIDER)
+        engine.command("run")
+        assert len(engine.plot_names) == 2
+    try:
+        plots, _ = _shared.run_shared(RC_TRAN, timeout=60)
+        assert [p.analysis for p in plots] == ["tran"]
+        sub = simulate(RC_TRAN, backend="subprocess")
+        np.testing.assert_array_equal(plots[0].columns[0], sub.time)
+    finally:
+        with _shared._RUN_LOCK:
+            engine.command("remcirc")
+            engine.command("destroy all")
 
 
 @pytest.mark.spice

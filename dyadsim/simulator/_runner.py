@@ -73,7 +73,9 @@ def simulate(
     backend
         ``"shared"`` (libngspice in this process, through PySpice), ``"subprocess"``
         (``ngspice -b``), or ``"auto"``: shared when PySpice loads libngspice and the engine
-        is free, else subprocess.
+        is free, else subprocess (also for a netlist with ``.options interp`` or ``.save
+        none``, which the shared library would keep for every later transient, and for a
+        transient once a shared run has had them anyway, through ``allow_control=True``).
     timeout
         Seconds; ``None`` or ``inf``: no limit.  The subprocess backend kills ngspice when
         it expires.  The shared backend raises at the deadline and halts a transient at
@@ -127,6 +129,8 @@ def simulate(
             "interpolated, or keep no vectors); use backend='subprocess' (or 'auto', which does)")
     if backend == "auto":
         shared = not sticky and _shared.shared_available() and not _shared.engine_busy()
+        if shared and _shared.sticky_settings() and "tran" in _analysis_cards(text):
+            shared = False  # an earlier shared run left such a setting on (allow_control=True)
         backend = "shared" if shared else "subprocess"
     if not _END_CARD.search(text):
         text = text.rstrip("\n") + "\n.end\n"

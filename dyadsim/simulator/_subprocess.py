@@ -33,7 +33,8 @@ RAW_NAME = "out.raw"
 LOG_NAME = "out.log"
 
 _CRASHES = ("SIGSEGV", "SIGBUS", "SIGABRT", "SIGFPE", "SIGILL")
-_INTERP_OPTION = re.compile(r"^[ \t]*\.options?\b[^\n]*\binterp\b", re.IGNORECASE | re.MULTILINE)
+# ngspice takes every card that starts with ".opt" as an options card
+_INTERP_OPTION = re.compile(r"^[ \t]*\.opt\w*\b[^\n]*\binterp\b", re.IGNORECASE | re.MULTILINE)
 
 
 def find_ngspice() -> str:
