@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._util import check_dtype
+from ..errors import DyadsimError
+from ._chip import Chip
 from ._gradients import Gradients
 
 __all__ = ["backprop"]
@@ -17,6 +19,9 @@ def backprop(net, x, y, dtype=np.float64) -> Gradients:
     ``dC/dW_pv = mean_b delta_v a_p^T``, ``dC/db_v = mean_b delta_v``.
     ``x`` is (n_in,) or (B, n_in), ``y`` is (n_out,) or (B, n_out).
     """
+    if isinstance(net, Chip):
+        raise DyadsimError("backprop is the digital reference of a Network; for a chip use "
+                           "backprop(chip.network, x, y) or relax(chip, x, y)")
     dtype = check_dtype(dtype)
     X, Y, _ = net.check_xy(x, y)
     X = X.astype(dtype)

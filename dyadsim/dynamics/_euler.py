@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import ConvergenceError, DyadsimError
 from .._util import check_eta
+from ._chip import Chip
 from ._gradients import Gradients
 from ._result import GradientResult
 from ._system import System
@@ -65,7 +66,7 @@ def _default_tol(dtype) -> float:
 
 
 def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="parallel",
-          tol=None, max_steps=100_000, record=False, progress=False) -> RelaxResult:
+          tol=None, max_steps=100_000, record=False, progress=False, seed=None) -> RelaxResult:
     """Relax the DBP saddle flow with explicit Euler from x = z = 0 and read out gradients.
 
     Parameters
@@ -86,7 +87,14 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
         (default 1e-12 in float64, float32's eps in float32); the run also stops, converged and ``stalled``, when the residual, already below sqrt(eps), has not halved for max(50, 10/eta) steps (the rounding floor of the state); only used when ``steps`` is None.
     record : keep the state after every step (``history_x``, ``history_z``).
     progress : show a progress bar (tqdm) for long relaxations.
+    seed : a :class:`~dyadsim.Chip`'s thermal-noise seed (``None``: the chip's own stream).
+
+    ``net`` may be a :class:`~dyadsim.Chip`: its relaxation then runs on the chip engine.
     """
+    if isinstance(net, Chip):
+        from ._chip_engine import relax_chip
+        return relax_chip(net, x, y, eta=eta, steps=steps, dtype=dtype, schedule=schedule, tol=tol,
+                          max_steps=max_steps, record=record, seed=seed)
     eta = check_eta(eta)
     if schedule not in SCHEDULES:
         raise DyadsimError(f"unknown schedule {schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
