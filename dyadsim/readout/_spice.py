@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..circuits import GAIN_NODE, TAU_NODE, compile_netlist, layer_identifiers, node_name, target_node
-from ..dynamics import GradientResult, Gradients, System
+from ..dynamics import Chip, GradientResult, Gradients, System
 from ..errors import DyadsimError
 
 __all__ = ["readout", "spice_gradients", "SpiceGradients", "relaxation_trace", "settling_time",
@@ -245,9 +245,19 @@ def spice_gradients(net, x, y, *, analysis="op", gain=1.0, backend="auto", per_s
     BJT pairs: :func:`~dyadsim.circuits.compile_device_netlist`, tanh/identity and mse only).
     ``backend`` and ``keep_files`` apply with ``per_sample=True`` too (several samples
     always run as ``ngspice -b`` subprocesses, in parallel).
+
+    ``net`` may be a :class:`~dyadsim.Chip`: its values go into the netlist and its
+    converters read it out (the chip's own cost gain applies).
     """
     from ..simulator import simulate, simulate_many
     from ..circuits import compile_device_netlist
+
+    if isinstance(net, Chip):
+        from ._chip_spice import chip_spice_gradients
+        return chip_spice_gradients(
+            net, x, y, analysis=analysis, gain=None if gain == 1.0 else gain, backend=backend,
+            per_sample=per_sample, processes=processes, timeout=timeout, keep_files=keep_files,
+            settle_tol=settle_tol, dialect=dialect, **compile_options)
 
     if dialect not in DIALECTS:
         raise DyadsimError(f"unknown dialect {dialect!r}; valid: {', '.join(DIALECTS)}")
