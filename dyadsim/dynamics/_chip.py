@@ -417,11 +417,29 @@ class Chip:
                 G.nodes[v]["bias"] = bias[v]
         return Network.from_graph(G, loss=net.loss.name)
 
-    def predict(self, x) -> np.ndarray:
-        """The chip's noise-free output m_L for inputs x (gains and offsets of every layer,
-        the output's included)."""
+    def predict(self, x, *, noise_seed=None) -> np.ndarray:
+        """The chip's output m_L for inputs x (gains and offsets of every layer, the
+        output's included).
+
+        Parameters
+        ----------
+        x : array_like, (n_in,) or (B, n_in)
+        noise_seed : int or None
+            ``None``: noise-free.  An int: a static sample of the thermal noise, every
+            layer's m = (x+z)/2 perturbed by N(0, noise^2/2) (the stationary fluctuation of
+            a lone pair of nodes) before it drives the next layer, from a stream of its
+            own (independent of the relaxations' noise).
+
+        Returns
+        -------
+        ndarray
+        """
         net = self.net
         X, single = net.check_x(x)
+        rng = None
+        if noise_seed is not None and self.noise > 0:
+            key = self.seed.spawn_key + (_NOISE, 1, check_int("noise_seed", noise_seed, 0))
+            rng = np.random.default_rng(np.random.SeedSequence(self.seed.entropy, spawn_key=key))
         Wf = self.forward_weights
         ga, ox, oz = self.activation_gain, self.offset_x, self.offset_z
         a = {net.input: X}
@@ -430,5 +448,7 @@ class Chip:
             for p in net.preds[v]:
                 u += a[p] @ Wf[(p, v)].T
             a[v] = ga[v] * net.activations[v].f(u) + 0.5 * (ox[v] + oz[v])
+            if rng is not None:
+                a[v] = a[v] + (self.noise / math.sqrt(2.0)) * rng.standard_normal(a[v].shape)
         out = a[net.output]
         return out[0] if single else out
