@@ -178,7 +178,7 @@ class Chip:
             ``dw_min`` presets have ~1000-1200 states, about 10 bits).  ``None``: analog.
         w_max : float or None
             The largest weight the devices represent (the conductance swing g_max - g_min);
-            larger weights are clipped.  ``None``: each edge's largest |W| (aihwkit's
+            larger weights are clipped.  ``None``: each edge's largest ``|W|`` (aihwkit's
             default mapping; nothing clips).
         g_range : float or None
             On/off ratio g_max/g_min (> 1).  The off device sits at

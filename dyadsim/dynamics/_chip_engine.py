@@ -149,7 +149,7 @@ class ChipStack:
 
     # ------------------------------------------------------------------ readout
     def adc(self, a):
-        """Each chip's converter: round to levels k R / (2**(bits-1) - 1), R = max|a| of the
+        """Each chip's converter: round to levels k R / (2**(bits-1) - 1), R = ``max|a|`` of the
         sample's layer (auto-ranging); exact where the chip has no ADC."""
         if np.all(np.isinf(self.adc_half)):
             return a
@@ -353,7 +353,7 @@ class ChipBatchResult:
         return np.array([g.loss for g in self.grads])
 
     def stacked(self, key) -> np.ndarray:
-        """One parameter's gradient of every chip, (K, *shape)."""
+        """One parameter's gradient of every chip, ``(K, *shape)``."""
         return np.stack([g[key] for g in self.grads])
 
     def flat(self) -> np.ndarray:

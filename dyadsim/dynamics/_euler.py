@@ -69,6 +69,8 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
           tol=None, max_steps=100_000, record=False, progress=False, seed=None) -> RelaxResult:
     """Relax the DBP saddle flow with explicit Euler from x = z = 0 and read out gradients.
 
+    ``net`` may be a :class:`~dyadsim.Chip`: its relaxation then runs on the chip engine.
+
     Parameters
     ----------
     eta : Euler step in units of tau, in (0, 2).  At ``eta=1`` the readout equals backprop
@@ -88,8 +90,6 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
     record : keep the state after every step (``history_x``, ``history_z``).
     progress : show a progress bar (tqdm) for long relaxations.
     seed : a :class:`~dyadsim.Chip`'s thermal-noise seed (``None``: the chip's own stream).
-
-    ``net`` may be a :class:`~dyadsim.Chip`: its relaxation then runs on the chip engine.
     """
     if isinstance(net, Chip):
         from ._chip_engine import relax_chip

@@ -61,6 +61,8 @@ def relax_continuous(net, x, y, *, method="DOP853", rtol=1e-10, atol=1e-13, tol=
                      seed=None) -> ContinuousResult:
     """Integrate dx/dt = dE/dx, dz/dt = -dE/dz from x = z = 0 until steady state.
 
+    ``net`` may be a :class:`~dyadsim.Chip` (per-neuron tau; Euler-Maruyama when it has noise).
+
     Parameters
     ----------
     method : a ``scipy.integrate`` solver: RK45, RK23, DOP853 (explicit, default: the flow
@@ -73,8 +75,6 @@ def relax_continuous(net, x, y, *, method="DOP853", rtol=1e-10, atol=1e-13, tol=
     t_max : give up (ConvergenceError) after this time; default ``20*(2L) + 200`` tau.
     jac : ``"auto"`` (supply it to implicit methods), ``True`` or ``False``.
     seed : a :class:`~dyadsim.Chip`'s thermal-noise seed (``None``: the chip's own stream).
-
-    ``net`` may be a :class:`~dyadsim.Chip` (per-neuron tau; Euler-Maruyama when it has noise).
     """
     if isinstance(net, Chip):  # a sampled chip: per-neuron tau, noise as an SDE
         from ._chip_engine import relax_chip_continuous
