@@ -368,8 +368,8 @@ def test_wavefront_needs_eta_one(eta):
 
 def test_unknown_schedule():
     c = make_case()
-    with user_error("unknown schedule 'async'.*parallel, wavefront"):
-        dyadsim.relax(c.net, c.x, c.y, schedule="async")
+    with user_error("unknown schedule 'gossip'.*parallel, wavefront, async"):
+        dyadsim.relax(c.net, c.x, c.y, schedule="gossip")
 
 
 @pytest.mark.parametrize("steps", [-1, 1.5, True])

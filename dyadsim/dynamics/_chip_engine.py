@@ -657,6 +657,9 @@ def relax_chip(chip, x, y, *, eta=1.0, steps=None, dtype=np.float64, schedule="p
     from ._euler import SCHEDULES
 
     schedule = check_choice("schedule", schedule, SCHEDULES)
+    if schedule == "async":
+        raise DyadsimError("the async schedule relaxes a Network; a chip's clock-free relaxation "
+                           "is its continuous flow (relax_continuous(chip, ...), tau_spread=...)")
     eta = check_eta(eta)
     if schedule == "wavefront" and eta != 1.0:
         raise DyadsimError(f"the wavefront schedule needs eta = 1 (got {eta})")

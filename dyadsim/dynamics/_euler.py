@@ -15,7 +15,7 @@ from ._system import System
 
 __all__ = ["relax", "RelaxResult", "SCHEDULES"]
 
-SCHEDULES = ("parallel", "wavefront")
+SCHEDULES = ("parallel", "wavefront", "async")
 
 
 @dataclass(repr=False)
@@ -89,7 +89,10 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
         (default 1e-12 in float64, float32's eps in float32); the run also stops, converged and ``stalled``, when the residual, already below sqrt(eps), has not halved for max(50, 10/eta) steps (the rounding floor of the state); only used when ``steps`` is None.
     record : keep the state after every step (``history_x``, ``history_z``).
     progress : show a progress bar (tqdm) for long relaxations.
-    seed : a :class:`~dyadsim.Chip`'s thermal-noise seed (``None``: the chip's own stream).
+    seed : the seed of the update order (``schedule="async"``: one neuron at a time, drawn
+        at random, no shared step; runs until ``tol``, at most ``max_steps`` sweeps of n
+        updates), or a :class:`~dyadsim.Chip`'s thermal-noise seed (``None``: the chip's own
+        stream).
     """
     if isinstance(net, Chip):
         from ._chip_engine import relax_chip
@@ -98,6 +101,12 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
     eta = check_eta(eta)
     if schedule not in SCHEDULES:
         raise DyadsimError(f"unknown schedule {schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
+    if schedule == "async":  # no global clock: one random neuron at a time
+        from ._async import relax_async
+
+        if steps is not None or record:
+            raise DyadsimError("the async schedule runs until tol (steps and record do not apply)")
+        return relax_async(net, x, y, eta=eta, dtype=dtype, seed=seed, tol=tol, max_sweeps=max_steps)
     if steps is not None:
         try:
             ok = not isinstance(steps, bool) and int(steps) == steps and steps >= 0

@@ -150,7 +150,7 @@ class Euler(Method):
     ----------
     eta : float
         Euler step in units of tau, in (0, 2); at ``eta=1`` the gradients are exact at step 2L.
-    schedule : ``"auto"``, ``"parallel"`` or ``"wavefront"``
+    schedule : ``"auto"``, ``"parallel"``, ``"wavefront"`` or ``"async"``
         ``"auto"`` takes the fastest exact schedule: the wavefront at ``eta=1``, the
         parallel one otherwise (the resolved schedule is in ``result.schedule``).
     **options
