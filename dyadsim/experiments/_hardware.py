@@ -25,8 +25,9 @@ from ._common import DEPTH9, _figure, _out_dir, _save_fig, _seed_list, _write_cs
 
 __all__ = ["hardware", "HARDWARE_AXES"]
 
-#: axis name -> (fixed chip options, the option varied, its values); the zero of every
-#: axis is the ideal chip (it trains exactly like backprop)
+#: axis name -> (fixed chip options, the option varied, its values); the first value of
+#: every axis without fixed non-idealities is the ideal chip (it trains exactly like
+#: backprop); the last axis asks whether the cost gain rescues a chip with offsets
 HARDWARE_AXES = {
     "mismatch (separate)": ({"crossbar": "separate"}, "mismatch", (0.0, 0.05, 0.1, 0.2)),
     "mismatch (shared)": ({"crossbar": "shared"}, "mismatch", (0.0, 0.05, 0.1, 0.2)),
@@ -37,6 +38,7 @@ HARDWARE_AXES = {
     "weight bits": ({}, "bits", (None, 8, 6, 4, 2)),
     "ADC bits": ({}, "adc_bits", (None, 12, 8, 6, 4)),
     "on/off ratio (mismatch 0.05)": ({"mismatch": 0.05}, "g_range", (None, 100.0, 10.0, 3.0)),
+    "cost gain (offset 0.01 V)": ({"offset": 0.01}, "gain", (1.0, 10.0, 100.0)),
 }
 
 
@@ -166,7 +168,8 @@ def _plot(path, per_axis, ref_mean):
         a2 = ax.twinx()
         a2.semilogy(xs, [max(p["angle_vs_chip_network_mean"], 1e-17) for p in pts], "^:",
                     color="tab:red")
-        a2.set_ylabel("DBP angle (rad)", color="tab:red", fontsize=8)
+        a2.set_ylim(1e-17, 10.0)  # one scale for every panel: 1e-16 is rounding
+        a2.set_ylabel("DBP angle vs chip.network (rad)", color="tab:red", fontsize=7)
         if k == 0:
             ax.legend(fontsize=7, loc="lower left")
     for k in range(n, nrows * ncols):
