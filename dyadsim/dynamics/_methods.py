@@ -179,10 +179,6 @@ class Euler(Method):
             return "wavefront" if self.options["eta"] == 1.0 else "parallel"
         return s
 
-    def replace(self, **changes) -> "Euler":
-        opts = dict(self.options)
-        opts.update(changes)
-        return Euler(**opts)
 
     def run(self, net, x, y) -> GradientResult:
         opts = dict(self.options)
@@ -222,10 +218,6 @@ class ODE(Method):
             check_choice("ODE solver", solver, tuple(ODE_METHODS))
         self.options = {"solver": solver, **opts}
 
-    def replace(self, **changes) -> "ODE":
-        opts = dict(self.options)
-        opts.update(changes)
-        return ODE(**opts)
 
     def run(self, net, x, y) -> GradientResult:
         opts = dict(self.options)

@@ -4,7 +4,6 @@ when it is given a :class:`~dyadsim.Chip`)."""
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 
@@ -53,7 +52,7 @@ def chip_spice_gradients(chip, x, y, *, analysis="op", gain=None, backend="auto"
     -------
     SpiceGradients
     """
-    from ..simulator import simulate, simulate_many
+    from ._spice import _compile_and_simulate
     from ._spice import SpiceGradients, settling_time
 
     if dialect != "behavioral":
@@ -69,24 +68,10 @@ def chip_spice_gradients(chip, x, y, *, analysis="op", gain=None, backend="auto"
     net = chip.net
     X, Y, _ = net.check_xy(x, y)
     values = chip.values()
-    t0 = time.perf_counter()
-    if per_sample and X.shape[0] > 1:
-        netlists = [compile_chip_netlist(net, values, X[b], Y[b], analysis=analysis, **compile_options)
-                    for b in range(X.shape[0])]
-    else:
-        netlists = [compile_chip_netlist(net, values, X, Y, analysis=analysis, **compile_options)]
-    t1 = time.perf_counter()
-    if len(netlists) == 1:
-        results = [simulate(netlists[0], analysis=analysis, backend=backend, timeout=timeout,
-                            keep_files=keep_files)]
-    else:
-        if backend not in ("auto", "subprocess"):
-            raise DyadsimError(
-                f"per_sample=True runs the samples as parallel ngspice subprocesses; backend "
-                f"{backend!r} cannot do that (use backend='auto' or 'subprocess')")
-        results = simulate_many(netlists, analysis=analysis, processes=processes, timeout=timeout,
-                                keep_files=keep_files)
-    t2 = time.perf_counter()
+    netlists, results, (t0, t1, t2) = _compile_and_simulate(
+        lambda xb, yb: compile_chip_netlist(net, values, xb, yb, analysis=analysis, **compile_options),
+        X, Y, analysis=analysis, per_sample=per_sample, backend=backend, processes=processes,
+        timeout=timeout, keep_files=keep_files)
     label = f"spice[{analysis}, chip]"
     parts = [_chip_grads(chip, r, label=label) for r in results]
     if len(parts) == 1:

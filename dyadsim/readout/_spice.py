@@ -231,6 +231,31 @@ class SpiceGradients(GradientResult):
 DIALECTS = ("behavioral", "device")
 
 
+def _compile_and_simulate(compile_one, X, Y, *, analysis, per_sample, backend, processes,
+                          timeout, keep_files):
+    """Compile one netlist for the batch (or one per sample) and simulate it (them, as
+    parallel subprocesses); returns ``(netlists, results, (t0, t1, t2))``."""
+    from ..simulator import simulate, simulate_many
+
+    t0 = time.perf_counter()
+    if per_sample and X.shape[0] > 1:
+        netlists = [compile_one(X[b], Y[b]) for b in range(X.shape[0])]
+    else:
+        netlists = [compile_one(X, Y)]
+    t1 = time.perf_counter()
+    if len(netlists) == 1:
+        results = [simulate(netlists[0], analysis=analysis, backend=backend, timeout=timeout,
+                            keep_files=keep_files)]
+    else:
+        if backend not in ("auto", "subprocess"):
+            raise DyadsimError(
+                f"per_sample=True runs the samples as parallel ngspice subprocesses; backend "
+                f"{backend!r} cannot do that (use backend='auto' or 'subprocess')")
+        results = simulate_many(netlists, analysis=analysis, processes=processes, timeout=timeout,
+                                keep_files=keep_files)
+    return netlists, results, (t0, t1, time.perf_counter())
+
+
 def spice_gradients(net, x, y, *, analysis="op", gain=1.0, backend="auto", per_sample=False,
                     processes=2, timeout=600.0, keep_files=False, settle_tol=1e-6,
                     dialect="behavioral", **compile_options) -> SpiceGradients:
@@ -249,7 +274,6 @@ def spice_gradients(net, x, y, *, analysis="op", gain=1.0, backend="auto", per_s
     ``net`` may be a :class:`~dyadsim.Chip`: its values go into the netlist and its
     converters read it out (the chip's own cost gain applies).
     """
-    from ..simulator import simulate, simulate_many
     from ..circuits import compile_device_netlist
 
     if isinstance(net, Chip):
@@ -263,24 +287,10 @@ def spice_gradients(net, x, y, *, analysis="op", gain=1.0, backend="auto", per_s
         raise DyadsimError(f"unknown dialect {dialect!r}; valid: {', '.join(DIALECTS)}")
     compile_fn = compile_netlist if dialect == "behavioral" else compile_device_netlist
     X, Y, _ = net.check_xy(x, y)
-    t0 = time.perf_counter()
-    if per_sample and X.shape[0] > 1:
-        netlists = [compile_fn(net, X[b], Y[b], analysis=analysis, gain=gain, **compile_options)
-                    for b in range(X.shape[0])]
-    else:
-        netlists = [compile_fn(net, X, Y, analysis=analysis, gain=gain, **compile_options)]
-    t1 = time.perf_counter()
-    if len(netlists) == 1:
-        results = [simulate(netlists[0], analysis=analysis, backend=backend, timeout=timeout,
-                            keep_files=keep_files)]
-    else:
-        if backend not in ("auto", "subprocess"):
-            raise DyadsimError(
-                f"per_sample=True runs the samples as parallel ngspice subprocesses; backend "
-                f"{backend!r} cannot do that (use backend='auto' or 'subprocess')")
-        results = simulate_many(netlists, analysis=analysis, processes=processes, timeout=timeout,
-                                keep_files=keep_files)
-    t2 = time.perf_counter()
+    netlists, results, (t0, t1, t2) = _compile_and_simulate(
+        lambda xb, yb: compile_fn(net, xb, yb, analysis=analysis, gain=gain, **compile_options),
+        X, Y, analysis=analysis, per_sample=per_sample, backend=backend, processes=processes,
+        timeout=timeout, keep_files=keep_files)
     parts = [readout(net, r, gain=gain) for r in results]
     if len(parts) == 1:
         grads = parts[0]
