@@ -98,7 +98,7 @@ def relax_async(net, x, y, *, eta=1.0, dtype=np.float64, seed=None, tol=None,
         if not (np.all(np.isfinite(m)) and np.all(np.isfinite(d))):
             raise ConvergenceError(f"asynchronous relaxation produced NaN/inf after {sweeps} sweeps")
         fm, fd, _ = sysm.flow_md(m, d)
-        residual = _blockwise_residual(sysm, m + 0.5 * d, m - 0.5 * d, eta * fm, eta * fd)
+        residual = _blockwise_residual(sysm, m, d, eta * fm, eta * fd)
         if residual <= tol:
             converged = True
             break
@@ -106,9 +106,9 @@ def relax_async(net, x, y, *, eta=1.0, dtype=np.float64, seed=None, tol=None,
         raise ConvergenceError(f"asynchronous relaxation did not reach tol={tol:g} in {max_sweeps} "
                                f"sweeps (last relative rate {residual:.3g})")
     grads = sysm.readout(m, d, method=f"euler[async, eta={eta:g}, seed={seed}]")
-    X, Z = m + 0.5 * d, m - 0.5 * d
     if sysm.single:
-        X, Z = X[0], Z[0]
-    res = RelaxResult(grads, sweeps, X, Z, eta, "async", True, residual, net.depth)
+        m, d = m[0], d[0]
+    res = RelaxResult(grads, sweeps, None, None, eta, "async", True, residual, net.depth,
+                      m=m, d=d, state="md")
     res.info["updates"] = updates
     return res
