@@ -461,3 +461,26 @@ def test_overflowing_gradient_is_a_convergence_error():
     for kw in RELAX_VARIANTS[:4]:
         with pytest.raises(dyadsim.ConvergenceError, match="overflowed"):
             dyadsim.relax(net, x, y, **kw)
+
+
+# ----------------------------------------------------------------------------- schedules
+def test_exact_wavefront_is_backprop_bit_for_bit(case):
+    """In the exact encoding the wavefront at eta = 1 is a forward and a backward pass:
+    the same operations as backprop, so the same bits."""
+    g = dyadsim.backprop(case.net, case.x, case.y)
+    r = dyadsim.relax(case.net, case.x, case.y, schedule="wavefront")
+    for k in g:
+        np.testing.assert_array_equal(r.grads[k], g[k])
+    assert r.loss == g.loss
+
+
+def test_async_schedule_reports_precision():
+    net, x, y = deep(3, "mse", seed=9, width=4, batch=2)
+    ref, _ = oracle(net, x, y)
+    with no_precision_warning():
+        r = dyadsim.relax(net, x, y, schedule="async", seed=1)
+    assert r.state == "md" and r.precision is not None and r.info["state"] == "md"
+    np.testing.assert_array_equal(r.x, r.m + 0.5 * r.d)
+    assert worst_err(r.grads, ref) <= 1e-10
+    with pytest.raises(dyadsim.DyadsimError, match="async schedule updates m and d"):
+        dyadsim.relax(net, x, y, schedule="async", state="xz")
