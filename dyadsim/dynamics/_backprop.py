@@ -7,21 +7,27 @@ import numpy as np
 from .._util import check_dtype
 from ..errors import DyadsimError
 from ._chip import Chip
+from ._backend import use_torch
 from ._gradients import Gradients
 
 __all__ = ["backprop"]
 
 
-def backprop(net, x, y, dtype=np.float64) -> Gradients:
+def backprop(net, x, y, dtype=np.float64, *, backend="numpy", device=None) -> Gradients:
     """Gradients of the mean batch loss by reverse-mode differentiation.
 
     ``delta_v = sigma'(u_v) * (sum_c W_vc^T delta_c + [v is output] dC/da_L)``,
     ``dC/dW_pv = mean_b delta_v a_p^T``, ``dC/db_v = mean_b delta_v``.
     ``x`` is (n_in,) or (B, n_in), ``y`` is (n_out,) or (B, n_out).
+    ``backend="torch"`` computes the same formulas with torch on ``device`` (``"cpu"``,
+    ``"cuda"``, ...; torch is an optional extra); the gradients are numpy arrays either way.
     """
     if isinstance(net, Chip):
         raise DyadsimError("backprop is the digital reference of a Network; for a chip use "
                            "backprop(chip.network, x, y) or relax(chip, x, y)")
+    if use_torch(backend, device):
+        from ._torch import backprop as torch_backprop
+        return torch_backprop(net, x, y, dtype, device=device)
     dtype = check_dtype(dtype)
     X, Y, _ = net.check_xy(x, y)
     X = X.astype(dtype)

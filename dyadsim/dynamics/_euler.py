@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import ConvergenceError, DyadsimError
 from .._util import check_eta
+from ._backend import use_torch
 from ._chip import Chip
 from ._gradients import Gradients
 from ._result import GradientResult
@@ -66,7 +67,8 @@ def _default_tol(dtype) -> float:
 
 
 def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="parallel",
-          tol=None, max_steps=100_000, record=False, progress=False, seed=None) -> RelaxResult:
+          tol=None, max_steps=100_000, record=False, progress=False, seed=None,
+          backend="numpy", device=None) -> RelaxResult:
     """Relax the DBP saddle flow with explicit Euler from x = z = 0 and read out gradients.
 
     ``net`` may be a :class:`~dyadsim.Chip`: its relaxation then runs on the chip engine.
@@ -93,11 +95,22 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
         at random, no shared step; runs until ``tol``, at most ``max_steps`` sweeps of n
         updates), or a :class:`~dyadsim.Chip`'s thermal-noise seed (``None``: the chip's own
         stream).
+    backend, device : ``"numpy"`` (default) or ``"torch"`` on ``device`` (``"cpu"``,
+        ``"cuda"``, ...; torch is an optional extra): the same steps, the same result
+        (the parallel and wavefront schedules of a Network).
     """
+    torch_backend = use_torch(backend, device)
     if isinstance(net, Chip):
+        if torch_backend:
+            raise DyadsimError("a Chip relaxes on the chip engine (backend='numpy'); the torch "
+                               "backend runs Networks")
         from ._chip_engine import relax_chip
         return relax_chip(net, x, y, eta=eta, steps=steps, dtype=dtype, schedule=schedule, tol=tol,
                           max_steps=max_steps, record=record, seed=seed)
+    if torch_backend:
+        from ._torch import relax as torch_relax
+        return torch_relax(net, x, y, eta, steps, dtype, schedule=schedule, tol=tol,
+                           max_steps=max_steps, record=record, progress=progress, device=device)
     eta = check_eta(eta)
     if schedule not in SCHEDULES:
         raise DyadsimError(f"unknown schedule {schedule!r}; valid schedules: {', '.join(SCHEDULES)}")

@@ -1,0 +1,26 @@
+"""Exact reverse-mode gradients on a torch device (no autograd: the explicit formulas)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._system import TorchSystem, torch
+
+__all__ = ["backprop"]
+
+
+def backprop(net, x, y, dtype=np.float64, *, device=None):
+    """:func:`dyadsim.backprop` on a torch device; the Gradients hold numpy arrays."""
+    with torch.no_grad():
+        s = TorchSystem(net, x, y, dtype, device)
+        a, slope, delta = {}, {}, {}
+        for v in s.nodes:
+            a[v], slope[v] = s.vs[v](s.preact(v, a))
+        for v in reversed(s.nodes):
+            dv = s.backsum(v, delta)
+            if v == s.output:
+                g = s.loss_grad(a[v], s.Y)
+                dv = g if dv is None else dv.add_(g)
+            delta[v] = slope[v] * dv
+        grads = s.readout(a, delta, "backprop")
+    return grads
