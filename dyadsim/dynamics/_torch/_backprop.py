@@ -6,21 +6,26 @@ import numpy as np
 
 from ._system import TorchSystem, torch
 
-__all__ = ["backprop"]
+__all__ = ["backprop", "backprop_core"]
+
+
+def backprop_core(s):
+    """(activations, delta) per layer: the forward pass and delta = sigma'(u) dC/da."""
+    a, uu, delta = {}, {}, {}
+    for v in s.nodes:
+        a[v], uu[v] = s.activate(v, a)
+    for v in reversed(s.nodes):
+        dv = s.backsum(v, delta)
+        if v == s.output:
+            g = s.loss_grad(a[v], s.Y)
+            dv = g if dv is None else dv.add_(g)
+        delta[v] = s.slope_times(v, dv, a[v], uu[v])
+    return a, delta
 
 
 def backprop(net, x, y, dtype=np.float64, *, device=None):
     """:func:`dyadsim.backprop` on a torch device; the Gradients hold numpy arrays."""
     with torch.no_grad():
         s = TorchSystem(net, x, y, dtype, device)
-        a, slope, delta = {}, {}, {}
-        for v in s.nodes:
-            a[v], slope[v] = s.vs[v](s.preact(v, a))
-        for v in reversed(s.nodes):
-            dv = s.backsum(v, delta)
-            if v == s.output:
-                g = s.loss_grad(a[v], s.Y)
-                dv = g if dv is None else dv.add_(g)
-            delta[v] = slope[v] * dv
-        grads = s.readout(a, delta, "backprop")
-    return grads
+        a, delta = backprop_core(s)
+        return s.readout(a, delta, "backprop")

@@ -10,7 +10,7 @@ from ..._validate import check_eta, check_int
 from .._euler import SCHEDULES, RelaxResult
 from ._system import TorchSystem, to_numpy, torch
 
-__all__ = ["relax", "STATES"]
+__all__ = ["relax", "STATES", "wavefront_core", "parallel_core"]
 
 #: what the relaxation stores: ("md") the activation m and the error signal d,
 #: ("xz") the physical node pair x = m + d/2, z = m - d/2
@@ -106,6 +106,36 @@ def _snapshot(P, Q, state):
 
 
 # --------------------------------------------------------------------------- parallel
+def _sweep(s, Pv, Qv, eta, state):
+    """One Euler step of every neuron, in place; returns the scaled updates (dm, dd)."""
+    m, d = {}, {}
+    for v in s.nodes:
+        m[v], d[v] = _md(Pv[v], Qv[v], state)
+    Nm, Nd, _ = s.drives(m, d)
+    dm, dd = {}, {}
+    for v in s.nodes:
+        dm[v] = Nm[v].sub_(m[v]).mul_(eta)
+        dd[v] = Nd[v].sub_(d[v]).mul_(eta)
+    for v in s.nodes:
+        if state == "xz":
+            h = 0.5 * dd[v]
+            Pv[v].add_(dm[v] + h)
+            Qv[v].add_(dm[v] - h)
+        else:
+            Pv[v].add_(dm[v])
+            Qv[v].add_(dd[v])
+    return dm, dd
+
+
+def parallel_core(s, eta, n_steps, state):
+    """``n_steps`` parallel Euler steps from zero: the stored pair (P, Q)."""
+    P, Q = s.zeros(), s.zeros()
+    Pv, Qv = s.split(P), s.split(Q)
+    for _ in range(n_steps):
+        _sweep(s, Pv, Qv, eta, state)
+    return P, Q
+
+
 def _parallel(s, eta, n_steps, fixed, tol, record, progress, state):
     P, Q = s.zeros(), s.zeros()
     Pv, Qv = s.split(P), s.split(Q)
@@ -122,22 +152,7 @@ def _parallel(s, eta, n_steps, fixed, tol, record, progress, state):
         bar = tqdm(total=n_steps if fixed else None, desc="relax[torch]", unit="step", leave=False)
     try:
         for k in range(1, n_steps + 1):
-            m, d = {}, {}
-            for v in s.nodes:
-                m[v], d[v] = _md(Pv[v], Qv[v], state)
-            Nm, Nd, _ = s.drives(m, d)
-            dm, dd = {}, {}
-            for v in s.nodes:
-                dm[v] = (Nm[v] - m[v]).mul_(eta)
-                dd[v] = (Nd[v] - d[v]).mul_(eta)
-            for v in s.nodes:
-                if state == "xz":
-                    h = 0.5 * dd[v]
-                    Pv[v].add_(dm[v] + h)
-                    Qv[v].add_(dm[v] - h)
-                else:
-                    Pv[v].add_(dm[v])
-                    Qv[v].add_(dd[v])
+            dm, dd = _sweep(s, Pv, Qv, eta, state)
             if record:
                 hist.append(_snapshot(P, Q, state))
             if bar is not None:
@@ -176,26 +191,28 @@ def _parallel(s, eta, n_steps, fixed, tol, record, progress, state):
 
 
 # --------------------------------------------------------------------------- wavefront
-def _wavefront(s, n_steps, record, state):
-    """eta = 1: layer v's forward part is updated at step depth(v), its error part at step
-    L + 1 + rdepth(v), each from the previous state (see the numpy schedule)."""
+def wavefront_core(s, n_steps, state, record=False):
+    """The wavefront schedule's state after ``n_steps`` (<= 2L) steps.
+
+    Returns ``(P, Q, ms, sd, hist)``: the stored pair, per-layer m and sigma'(u) d of the
+    layers updated so far, and the recorded states (``None`` without ``record``)."""
     net = s.net
     L = net.depth
     P, Q = s.zeros(), s.zeros()
     Pv, Qv = s.split(P), s.split(Q)
-    ms, ds, sd, slope = {}, {}, {}, {}
+    ms, sd, val, uu = {}, {}, {}, {}
     fwd = {k: [v for v in s.nodes if net.block(v).depth == k] for k in range(1, L + 1)}
     bwd = {k: [v for v in reversed(s.nodes) if L + 1 + net.block(v).rdepth == k]
            for k in range(L + 1, 2 * L + 1)}
     hist = [_snapshot(P, Q, state)] if record else None
     for k in range(1, n_steps + 1):
         for v in fwd.get(k, ()):
-            val, slope[v] = s.vs[v](s.preact(v, ms))
+            val[v], uu[v] = s.activate(v, ms)
             # the first update from m = d = 0 is exact: m = sigma(u), d = 0 (x = z = m)
-            Pv[v].copy_(val)
+            Pv[v].copy_(val[v])
             if state == "xz":
-                Qv[v].copy_(val)
-            ms[v] = val
+                Qv[v].copy_(val[v])
+            ms[v] = val[v]
         for v in bwd.get(k, ()):
             # d_v is still exactly 0 here, so the update is dd = W^T s (+ dC/da_L)
             dd = s.backsum(v, sd)
@@ -206,17 +223,26 @@ def _wavefront(s, n_steps, record, state):
                 dd.mul_(0.5)
                 Pv[v].add_(dd)
                 Qv[v].sub_(dd)
-                ds[v] = Pv[v] - Qv[v]
+                d_v = Pv[v] - Qv[v]
                 ms[v] = (Pv[v] + Qv[v]).mul_(0.5)
             else:
                 Qv[v].copy_(dd)
-                ds[v] = dd
-            sd[v] = slope[v] * ds[v]
+                d_v = dd
+            sd[v] = s.slope_times(v, d_v, val[v], uu[v])
         if record:
             hist.append(_snapshot(P, Q, state))
+    return P, Q, ms, sd, hist
+
+
+def _wavefront(s, n_steps, record, state):
+    """eta = 1: layer v's forward part is updated at step depth(v), its error part at step
+    L + 1 + rdepth(v), each from the previous state (see the numpy schedule)."""
+    L = s.net.depth
+    P, Q, ms, sd, hist = wavefront_core(s, n_steps, state, record)
+    label = f"euler[wavefront, eta=1, steps={n_steps}]"
     if n_steps < 2 * L:
         m, d = _md(P, Q, state)
-        grads = s.readout_md(s.split(m), s.split(d), f"euler[wavefront, eta=1, steps={n_steps}]")
+        grads = s.readout_md(s.split(m), s.split(d), label)
         return _result(s, P, Q, state, n_steps, 1.0, "wavefront", False, np.inf, hist, grads)
-    grads = s.readout(ms, sd, f"euler[wavefront, eta=1, steps={n_steps}]")
+    grads = s.readout(ms, sd, label)
     return _result(s, P, Q, state, n_steps, 1.0, "wavefront", True, 0.0, hist, grads)

@@ -59,35 +59,29 @@ def to_numpy(t):
 
 
 # --------------------------------------------------------------------------- activations
+_aten = torch.ops.aten
+
+
 def _softplus(u):
     return torch.logaddexp(torch.zeros((), dtype=u.dtype, device=u.device), u)
 
 
-def _vs_tanh(u):
-    t = torch.tanh(u)
-    return t, 1.0 - t * t
+class _Act:
+    """sigma and the product sigma'(u) * d, the latter from sigma(u) where that is enough
+    (tanh, sigmoid: one fused kernel) or from u (``needs_u``)."""
+
+    def __init__(self, f, back, needs_u):
+        self.f, self.back, self.needs_u = f, back, needs_u
 
 
-def _vs_sigmoid(u):
-    s = torch.sigmoid(u)
-    return s, s * (1.0 - s)
-
-
-def _vs_relu(u):
-    return torch.clamp_min(u, 0), (u > 0).to(u.dtype)
-
-
-def _vs_softplus(u):
-    return _softplus(u), torch.sigmoid(u)
-
-
-def _vs_identity(u):
-    return u * 1, torch.ones_like(u)
-
-
-#: name -> u -> (sigma(u), sigma'(u)), the same formulas as the numpy activations
-VALUE_AND_SLOPE = {"tanh": _vs_tanh, "sigmoid": _vs_sigmoid, "relu": _vs_relu,
-                   "softplus": _vs_softplus, "identity": _vs_identity}
+#: the same formulas as dyadsim's numpy activations (softplus: sigma' = expit exactly)
+ACTS = {
+    "tanh": _Act(torch.tanh, lambda d, val, u: _aten.tanh_backward(d, val), False),
+    "sigmoid": _Act(torch.sigmoid, lambda d, val, u: _aten.sigmoid_backward(d, val), False),
+    "relu": _Act(torch.relu, lambda d, val, u: _aten.threshold_backward(d, u, 0), True),
+    "softplus": _Act(_softplus, lambda d, val, u: d * torch.sigmoid(u), True),
+    "identity": _Act(lambda u: u, lambda d, val, u: d, False),
+}
 
 
 # --------------------------------------------------------------------------- losses
@@ -113,14 +107,34 @@ LOSS_FUNS = {"mse": (_mse_value, _mse_grad), "xent": (_xent_value, _xent_grad)}
 
 
 # --------------------------------------------------------------------------- edge ops
+class _Accumulating:
+    """forward_into/backward_into for the structured ops (out of place, then added)."""
+
+    def forward_into(self, acc, a):
+        c = self.forward(a)
+        return c if acc is None else acc.add_(c)
+
+    def backward_into(self, acc, s):
+        c = self.backward(s)
+        return c if acc is None else acc.add_(c)
+
+
 class _TDense:
     kind = "dense"
 
     def __init__(self, op, W):
         self.W = W
+        self.WT = None if W is None else W.T
 
     def forward(self, a):
-        return a @ self.W.T
+        return a @ self.WT
+
+    def forward_into(self, acc, a):
+        """acc + W a (acc=None: W a), in place when acc is given."""
+        return torch.mm(a, self.WT) if acc is None else acc.addmm_(a, self.WT)
+
+    def backward_into(self, acc, s):
+        return torch.mm(s, self.W) if acc is None else acc.addmm_(s, self.W)
 
     def backward(self, s):
         return s @ self.W
@@ -129,7 +143,7 @@ class _TDense:
         return delta.T @ a
 
 
-class _TConv:
+class _TConv(_Accumulating):
     kind = "conv2d"
 
     def __init__(self, op, W):
@@ -161,7 +175,7 @@ class _TConv:
                                     delta.reshape((B,) + self.out_shape), self.stride, self.padding)
 
 
-class _TPool:
+class _TPool(_Accumulating):
     kind = "avgpool2d"
 
     def __init__(self, op, W, dtype, device):
@@ -206,6 +220,9 @@ def _edge(op, W, dtype, device):
 class TorchSystem:
     """One network, one batch, one dtype and device: per-layer torch tensors.
 
+    Build it from numpy data with ``TorchSystem(net, x, y, dtype, device)`` (validated and
+    uploaded) or from tensors already on the device with :meth:`on_device`.
+
     Attributes
     ----------
     nodes : the non-input nodes in topological order.
@@ -213,35 +230,53 @@ class TorchSystem:
     """
 
     def __init__(self, net, x, y=None, dtype=np.float64, device=None):
-        self.net = net
-        self.np_dtype, self.dtype, self.device = resolve(dtype, device)
-        for v in net.nodes:
-            act = net.activations[v]
-            if ACTIVATIONS.get(act.name) is not act:
-                raise DyadsimError(
-                    f"node {v!r}: activation {act.name!r} is not one of dyadsim's own "
-                    f"({', '.join(ACTIVATIONS)}); the torch backend knows only those")
-        if LOSSES.get(net.loss.name) is not net.loss:
-            raise DyadsimError(f"loss {net.loss.name!r} is not one of dyadsim's own "
-                               f"({', '.join(LOSSES)}); the torch backend knows only those")
+        np_dt, t_dt, dev = resolve(dtype, device)
+        _check_supported(net)
         if y is None:
-            X, self.single = net.check_x(x)
+            X, single = net.check_x(x)
             Y = None
         else:
-            X, Y, self.single = net.check_xy(x, y)
-        t = self.tensor
-        self.X = t(X)
-        self.Y = None if Y is None else t(Y)
+            X, Y, single = net.check_xy(x, y)
+        up = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=t_dt, device=dev)  # noqa: E731
+        weights = {k[1:]: up(W) for k, W in net.params.items() if k[0] == "W"}
+        biases = {v: up(net.bias_vector(v)) for v in net.nodes}
+        self._setup(net, up(X), None if Y is None else up(Y), weights, biases, np_dt, t_dt, dev, single)
+
+    @classmethod
+    def on_device(cls, net, X, Y, weights, biases):
+        """A system from tensors already on one device (no validation, no host copies).
+
+        Parameters
+        ----------
+        net : Network
+        X, Y : torch.Tensor, (B, n_in) and (B, n_out) (Y may be None)
+        weights : ``{(src, dst): tensor}`` shaped like ``net.params``
+        biases : ``{node: tensor (size,)}`` (the full bias vector of every node)
+
+        Returns
+        -------
+        TorchSystem
+        """
+        _check_supported(net)
+        self = cls.__new__(cls)
+        np_dt = np.float64 if X.dtype == torch.float64 else np.float32
+        self._setup(net, X, Y, weights, biases, np_dt, X.dtype, X.device, False)
+        return self
+
+    def _setup(self, net, X, Y, weights, biases, np_dt, t_dt, dev, single):
+        self.net = net
+        self.np_dtype, self.dtype, self.device = np_dt, t_dt, dev
+        self.single = single
+        self.X, self.Y = X, Y
         self.B = X.shape[0]
         self.n = net.n
         self.nodes = net.nodes
         self.sizes = {v: net.sizes[v] for v in net.nodes}
         self.slices = {v: net.slice(v) for v in net.nodes}
-        self.vs = {v: VALUE_AND_SLOPE[net.activations[v].name] for v in net.nodes}
+        self.acts = {v: ACTS[net.activations[v].name] for v in net.nodes}
         self.loss_value, self.loss_grad = LOSS_FUNS[net.loss.name]
-        self.weights = {k[1:]: t(W) for k, W in net.params.items() if k[0] == "W"}
-        self.ops = {e: _edge(op, self.weights.get(e), self.dtype, self.device)
-                    for e, op in net.edge_ops.items()}
+        self.weights = weights
+        self.ops = {e: _edge(op, weights.get(e), t_dt, dev) for e, op in net.edge_ops.items()}
         inp = net.input
         self.in_edges = {v: [(p, self.ops[(p, v)]) for p in net.preds[v] if p != inp]
                          for v in net.nodes}
@@ -249,11 +284,11 @@ class TorchSystem:
         self.output = net.output
         self.beta = {}
         for v in net.nodes:
-            b = t(net.bias_vector(v)).expand(self.B, -1)
+            b = biases[v].expand(self.B, -1)
             if inp in net.preds[v]:
-                self.beta[v] = self.ops[(inp, v)].forward(self.X) + b
+                self.beta[v] = self.ops[(inp, v)].forward_into(None, X).add_(b)
             else:
-                self.beta[v] = b.clone()
+                self.beta[v] = b.contiguous()
 
     def tensor(self, a):
         """A numpy array as a tensor of this system's dtype on its device."""
@@ -261,28 +296,43 @@ class TorchSystem:
 
     # ------------------------------------------------------------------ sweeps
     def preact(self, v, m):
-        """u_v = beta_v + sum_p W_pv m_p from per-layer activations ``m``."""
-        u = None
-        for p, op in self.in_edges[v]:
-            c = op.forward(m[p])
-            u = c if u is None else u.add_(c)
-        return self.beta[v].clone() if u is None else u.add_(self.beta[v])
+        """u_v = beta_v + sum_p W_pv m_p from per-layer activations ``m`` (a new tensor)."""
+        edges = self.in_edges[v]
+        if not edges:
+            return self.beta[v].clone()
+        p, op = edges[0]
+        if op.kind == "dense":  # one kernel: beta + m_p W^T
+            u = torch.addmm(self.beta[v], m[p], op.WT)
+        else:
+            u = op.forward(m[p]).add_(self.beta[v])
+        for p, op in edges[1:]:
+            u = op.forward_into(u, m[p])
+        return u
+
+    def activate(self, v, m):
+        """(sigma(u_v), u_v or None): what :meth:`slope_times` needs later."""
+        u = self.preact(v, m)
+        act = self.acts[v]
+        return act.f(u), (u if act.needs_u else None)
+
+    def slope_times(self, v, d, val, u):
+        """sigma'(u_v) * d from sigma(u_v) (and u_v where needed)."""
+        return self.acts[v].back(d, val, u)
 
     def backsum(self, v, s):
         """sum_c W_vc^T s_c (``None`` for the output, which has no successors)."""
         r = None
         for c, op in self.out_edges[v]:
-            contrib = op.backward(s[c])
-            r = contrib if r is None else r.add_(contrib)
+            r = op.backward_into(r, s[c])
         return r
 
     def drives(self, m, d):
-        """The nonlinear part of the flow in (m, d): per layer ``(N_m, N_d, slope)`` with
-        N_m = sigma(u), N_d = W^T (sigma'(u) d) + g, so dm/dt = N_m - m, dd/dt = N_d - d."""
-        Nm, slope, s = {}, {}, {}
+        """The nonlinear part of the flow in (m, d): per layer ``(N_m, N_d, s)`` with
+        N_m = sigma(u), s = sigma'(u) d, N_d = W^T s + g, so dm/dt = N_m - m, dd/dt = N_d - d."""
+        Nm, s = {}, {}
         for v in self.nodes:
-            Nm[v], slope[v] = self.vs[v](self.preact(v, m))
-            s[v] = slope[v] * d[v]
+            Nm[v], u = self.activate(v, m)
+            s[v] = self.slope_times(v, d[v], Nm[v], u)
         Nd = {}
         for v in self.nodes:
             r = self.backsum(v, s)
@@ -290,7 +340,7 @@ class TorchSystem:
                 g = self.loss_grad(m[v], self.Y)
                 r = g if r is None else r.add_(g)
             Nd[v] = r if r is not None else torch.zeros_like(d[v])
-        return Nm, Nd, slope
+        return Nm, Nd, s
 
     # ------------------------------------------------------------------ layout
     def split(self, flat):
@@ -301,8 +351,9 @@ class TorchSystem:
         return torch.zeros((self.B, self.n), dtype=self.dtype, device=self.device)
 
     # ------------------------------------------------------------------ readout
-    def readout(self, m, delta, label) -> Gradients:
-        """The Gradients (numpy arrays) from per-layer m and delta = sigma'(u) d."""
+    def readout_tensors(self, m, delta):
+        """``({key: tensor}, loss tensor or None)`` on the device, from per-layer m and
+        delta = sigma'(u) d."""
         net = self.net
         B = self.B
         out = {}
@@ -312,27 +363,46 @@ class TorchSystem:
                 g = delta[v].sum(dim=0)
                 if net.bias_mode[v] == "channel":
                     g = g.reshape(net.shapes[v][0], -1).sum(dim=1)
-                out[key] = g / B
+                out[key] = g.div_(B)
             else:
                 p, v = key[1], key[2]
                 a_p = self.X if p == net.input else m[p]
-                out[key] = self.ops[(p, v)].weight_grad(delta[v], a_p) / B
+                out[key] = self.ops[(p, v)].weight_grad(delta[v], a_p).div_(B)
         loss = None
         if self.Y is not None:
             loss = torch.mean(self.loss_value(m[self.output], self.Y))
-        # one transfer at the end: every tensor to the host
-        host = {k: to_numpy(t) for k, t in out.items()}
+        return out, loss
+
+    def readout(self, m, delta, label) -> Gradients:
+        """The Gradients (numpy arrays) from per-layer m and delta = sigma'(u) d."""
+        out, loss = self.readout_tensors(m, delta)
         grads = Gradients(method=label)
-        for key in net.params:
-            grads[key] = host[key]
+        for key in self.net.params:
+            grads[key] = to_numpy(out[key])
         if loss is not None:
             grads.loss = float(loss)
         return grads
 
-    def readout_md(self, m, d, label) -> Gradients:
-        """The readout from per-layer m and d (the slope recomputed from m)."""
+    def delta_from(self, m, d):
+        """``{node: sigma'(u) d}`` with u recomputed from per-layer m."""
         delta = {}
         for v in self.nodes:
-            _, slope = self.vs[v](self.preact(v, m))
-            delta[v] = slope * d[v]
-        return self.readout(m, delta, label)
+            val, u = self.activate(v, m)
+            delta[v] = self.slope_times(v, d[v], val, u)
+        return delta
+
+    def readout_md(self, m, d, label) -> Gradients:
+        """The readout from per-layer m and d (sigma'(u) recomputed from m)."""
+        return self.readout(m, self.delta_from(m, d), label)
+
+
+def _check_supported(net):
+    for v in net.nodes:
+        act = net.activations[v]
+        if ACTIVATIONS.get(act.name) is not act:
+            raise DyadsimError(
+                f"node {v!r}: activation {act.name!r} is not one of dyadsim's own "
+                f"({', '.join(ACTIVATIONS)}); the torch backend knows only those")
+    if LOSSES.get(net.loss.name) is not net.loss:
+        raise DyadsimError(f"loss {net.loss.name!r} is not one of dyadsim's own "
+                           f"({', '.join(LOSSES)}); the torch backend knows only those")
