@@ -38,6 +38,21 @@ ALL_SPECS = SEEDED_SPECS + MIXED_SPECS
 ALL_IDS = SEEDED_IDS + ["-".join(s) for s in MIXED_SPECS]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: these nets are tiny, and on a shared machine more threads only
+    contend (the results do not depend on it)."""
+    if not HAVE_TORCH:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _relax(net, x, y, state="xz", **kw):
     """relax on the torch backend in the given state."""
     from dyadsim.dynamics._torch import relax
@@ -352,8 +367,6 @@ def test_ode_thin_function_defaults_and_numpy_agreement():
     np.testing.assert_allclose(r.m, n.m, atol=1e-9)
     with user_error("exponential solver"):
         dyadsim.relax_continuous(c.net, c.x, c.y, backend="torch", method="RK45")
-    with user_error("exponential solver"):
-        dyadsim.relax_continuous(c.net, c.x, c.y, backend="torch", method="DOP853", rtol=1e-6)
 
 
 def _linear_flow(net, x, y):
@@ -396,10 +409,10 @@ def test_ode_settling_time_and_trajectory_against_the_closed_form():
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal(3), rng.standard_normal(2)
     u, err = _linear_flow(net, x, y)
-    ts = np.linspace(0, 80, 1601)
+    ts = np.linspace(0, 80, 321)
     above = [t for t in ts if err(t) > 1e-6]
     lo, hi = above[-1], above[-1] + ts[1]
-    for _ in range(60):
+    for _ in range(40):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if err(mid) > 1e-6 else (lo, mid)
     exact = hi
@@ -408,7 +421,8 @@ def test_ode_settling_time_and_trajectory_against_the_closed_form():
     tight = _ode(net, x, y, rtol=1e-5, record=True)
     assert abs(tight.t_settle - exact) <= 1e-3, (tight.t_settle, exact)
     n = net.n
-    for tk, xk, zk in zip(tight.t, tight.x_t, tight.z_t):
+    pick = np.unique(np.linspace(0, len(tight.t) - 1, 40).astype(int))
+    for tk, xk, zk in zip(tight.t[pick], tight.x_t[pick], tight.z_t[pick]):
         ue = u(tk)
         np.testing.assert_allclose(0.5 * (xk + zk), ue[:n], atol=1e-6)
         np.testing.assert_allclose(xk - zk, ue[n:], atol=1e-6)
@@ -511,7 +525,6 @@ def test_bad_backend_and_device_arguments():
 
 # ----------------------------------------------------------------------------- benchmark
 @needs_torch
-@pytest.mark.slow
 def test_bench_gpu_quick_runs_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu",
@@ -521,11 +534,14 @@ def test_bench_gpu_quick_runs_on_cpu(tmp_path):
     data = json.loads(out.read_text())
     assert data["device"] == "cpu" and data["quick"] is True
     assert "10 minutes" in proc.stdout and "--device cuda" in proc.stdout
-    rows = {(r["model"], r["method"]): r for r in data["rows"]}
+    rows = {(r["model"], r["mode"], r["method"]): r for r in data["rows"]}
     for model in ("mlp", "lenet5"):
-        ref = rows[(model, "torch autograd")]
-        assert ref["ratio"] == 1.0
-        for method in ("backprop", "relax wavefront", "relax parallel", "relax_continuous"):
-            r = rows[(model, method)]
-            assert r["median_s"] > 0 and r["ratio"] > 0
-            assert r["max_rel_error"] <= (1e-3 if data["dtype"] == "float32" else 1e-8), r
+        for mode, methods in (("api", ("backprop", "relax wavefront", "relax parallel", "relax_continuous")),
+                              ("engine", ("backprop", "relax wavefront", "relax parallel"))):
+            assert rows[(model, mode, "torch autograd")]["ratio"] == 1.0
+            for method in methods:
+                r = rows[(model, mode, method)]
+                assert r["median_s"] > 0 and r["ratio_min"] <= r["ratio_max"]
+                assert r["max_rel_error"] <= 1e-4, r  # float32 against float64 autograd
+    mc = [r for r in data["rows"] if r["model"].startswith("mc")]
+    assert len(mc) == 1 and (mc[0]["median_s"] is None) == mc[0]["note"].startswith("n/a")

@@ -90,9 +90,10 @@ def relax_continuous(net, x, y, *, method="DOP853", rtol=1e-10, atol=1e-13, tol=
                                      settle_tol=settle_tol, t_max=t_max, dtype=dtype, seed=seed)
     if torch_backend:
         from ._torch import relax_continuous as torch_ode
-        kw = {"method": method, "rtol": rtol, "atol": atol}
-        if (method, rtol, atol) == ("DOP853", 1e-10, 1e-13):  # all defaults: torch's own
-            kw = {}
+        # the defaults here are the scipy solvers'; left at them, the torch solver's own apply
+        kw = {} if method == "DOP853" else {"method": method}
+        if (rtol, atol) != (1e-10, 1e-13):
+            kw.update(rtol=rtol, atol=atol)
         return torch_ode(net, x, y, tol=tol, settle_tol=settle_tol, t_max=t_max,
                          jac=jac, dtype=dtype, record=record, max_record_bytes=max_record_bytes,
                          progress=progress, device=device, **kw)

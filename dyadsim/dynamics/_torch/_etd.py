@@ -137,6 +137,26 @@ def _maxabs(*ts):
     return torch.stack([t.abs().amax() for t in ts])
 
 
+def _layer_max(s, *flat):
+    """(layers, len(flat)) float64 array of each layer's max |.| of each (B, n) tensor."""
+    rows = [torch.stack([t[:, sl].abs().amax() for t in flat]) for sl in s.slices.values()]
+    return to_numpy(torch.stack(rows)).astype(np.float64)
+
+
+def _steady(lay, sc, tol, eps, tiny, state):
+    """(steady?, residual) from per-layer maxima [|dm/dt|, |dd/dt|, |m|, |d|]: every layer's
+    flow within tol of the layer's own scale (a layer heading for zero is measured against
+    1e-6 of the whole state), above the rounding floor of the stored state (d's own scale in
+    md, m's in xz where d = x - z)."""
+    scale_m = np.maximum(lay[:, 2], 1e-6 * sc[2]) + tiny
+    scale_d = np.maximum(lay[:, 3], 1e-6 * sc[3]) + tiny
+    floor_d = 64 * eps * (scale_d if state == "md" else np.maximum(scale_m, lay[:, 3]))
+    ok = np.all(lay[:, 0] <= (tol + 64 * eps) * scale_m) and np.all(lay[:, 1] <= tol * scale_d + floor_d)
+    with np.errstate(over="ignore"):  # the zero state at t = 0
+        residual = float(max(np.max(lay[:, 0] / scale_m), np.max(lay[:, 1] / scale_d)))
+    return bool(ok), residual
+
+
 def relax_continuous(net, x, y, *, method="ETD3", rtol=3e-2, atol=1e-14, tol=1e-11,
                      settle_tol=1e-6, t_max=None, jac="auto", dtype=np.float64, record=False,
                      max_record_bytes=256 * 2**20, progress=False, state="md", device=None,
@@ -197,16 +217,17 @@ def _solve(s, method, rtol, atol, tol, settle_tol, t_max, record, max_record_byt
         bar = tqdm(total=None, desc=f"ode[{method}, torch]", unit="step", leave=False)
     try:
         while True:
-            # steady state?  the flow f = N - u at the current state, in (m, d) terms
+            # steady state?  the flow f = N - u at the current state, in (m, d) terms,
+            # layer by layer (an early layer's d can sit orders of magnitude below the
+            # output's)
             m, d = flow.md(P, Q)
             fm, fd = flow.md(N1[0] - P, N1[1] - Q)
-            sc = to_numpy(_maxabs(fm, fd, m, d)).astype(np.float64)
-            if not np.all(np.isfinite(sc)):
+            lay = _layer_max(s, fm, fd, m, d)
+            if not np.all(np.isfinite(lay)):
                 raise ConvergenceError(f"ODE relaxation produced NaN/inf at t={t:.4g}")
-            floor = 64 * eps * sc[2] + tiny
-            with np.errstate(over="ignore"):  # the zero state at t = 0
-                residual = max(sc[0] / (sc[2] + floor), sc[1] / (sc[3] + floor))
-            if sc[0] <= tol * sc[2] + floor and sc[1] <= tol * sc[3] + floor:
+            sc = lay.max(axis=0)
+            done, residual = _steady(lay, sc, tol, eps, tiny, state)
+            if done:
                 break
             if t >= t_max * (1 - 1e-12):
                 raise ConvergenceError(
@@ -234,7 +255,7 @@ def _solve(s, method, rtol, atol, tol, settle_tol, t_max, record, max_record_byt
                     # relative to the step's own increment (m and d apart), above a
                     # rounding floor: the transient is resolved to rtol while it decays
                     fl_m = atol + 64 * eps * max(a[2], sc[2])
-                    fl_d = atol + 64 * eps * max(a[3], sc[3], a[2])
+                    fl_d = atol + 64 * eps * (max(a[3], sc[3]) if state == "md" else max(a[2], sc[2]))
                     err = max(a[0] / (fl_m + rtol * a[4]), a[1] / (fl_d + rtol * a[5]))
                 if err <= 1.0:
                     break
