@@ -42,7 +42,7 @@ import numpy as np
 
 FULL = {"mlp": ("784-1024x8-10", 4096), "lenet5": (None, 1024), "repeats": 7, "ode_repeats": 3,
         "warmup": 3, "mc_chips": 10_000}
-QUICK = {"mlp": ("784-64x4-10", 64), "lenet5": (None, 16), "repeats": 3, "ode_repeats": 1,
+QUICK = {"mlp": ("784-256x4-10", 256), "lenet5": (None, 64), "repeats": 5, "ode_repeats": 2,
          "warmup": 1, "mc_chips": 100}
 
 
@@ -133,7 +133,7 @@ def _bench_model(name, spec, batch, cfg, dev, dtype, torch, dyadsim, log):
             biases[v] = bparams[v].repeat_interleave(net.sizes[v] // net.shapes[v][0])
         else:
             biases[v] = bparams[v]
-    host_params = [(p, net.params[k].astype(npd)) for k, p in pairs]
+    host_params = [(p, net.params[k]) for k, p in pairs]  # float64, as the network holds them
 
     def autograd_api():
         with torch.no_grad():

@@ -198,7 +198,11 @@ def wavefront_core(s, n_steps, state, record=False):
     layers updated so far, and the recorded states (``None`` without ``record``)."""
     net = s.net
     L = net.depth
-    P, Q = s.zeros(), s.zeros()
+    if n_steps >= 2 * L and not record:  # every layer is written before it is read
+        P = torch.empty((s.B, s.n), dtype=s.dtype, device=s.device)
+        Q = torch.empty_like(P)
+    else:
+        P, Q = s.zeros(), s.zeros()
     Pv, Qv = s.split(P), s.split(Q)
     ms, sd, val, uu = {}, {}, {}, {}
     fwd = {k: [v for v in s.nodes if net.block(v).depth == k] for k in range(1, L + 1)}

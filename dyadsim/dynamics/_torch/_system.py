@@ -1,9 +1,9 @@
 """The stacked system on a torch device (internal): edge ops, activations, losses, readout.
 
 Mirrors the numpy :class:`~dyadsim.dynamics._system.System` block by block: dense edges are
-matrix products, ``conv2d`` edges ``torch.nn.functional.conv2d`` (transpose: ``conv_transpose2d``,
-weight gradient: ``torch.nn.grad.conv2d_weight``, both without autograd), ``avgpool2d`` edges
-``avg_pool2d`` (transpose: a depthwise ``conv_transpose2d`` with the constant kernel).
+matrix products, ``conv2d`` edges ``torch.nn.functional.conv2d`` (transpose and weight
+gradient: ``torch.nn.grad.conv2d_input`` / ``conv2d_weight``, without autograd), ``avgpool2d``
+edges ``avg_pool2d`` (transpose: ``avg_pool2d_backward``).
 Everything runs under ``torch.no_grad()``; no autograd graph is ever built.
 """
 
@@ -150,13 +150,6 @@ class _TConv(_Accumulating):
         self.W = W
         self.in_shape, self.out_shape = op.in_shape, op.out_shape
         self.stride, self.padding = op.stride, op.padding
-        kh, kw = op.kernel_size
-        _, H, Wd = op.in_shape
-        _, Ho, Wo = op.out_shape
-        # conv_transpose2d gives (Ho-1)*s - 2p + k; the rows/cols the forward never reached
-        # (cut off by the stride) come back through output_padding
-        self.output_padding = (H - ((Ho - 1) * op.stride[0] - 2 * op.padding[0] + kh),
-                               Wd - ((Wo - 1) * op.stride[1] - 2 * op.padding[1] + kw))
 
     def forward(self, a):
         B = a.shape[0]
@@ -164,9 +157,10 @@ class _TConv(_Accumulating):
         return out.reshape(B, -1)
 
     def backward(self, s):
+        # the transposed convolution (input gradient of conv2d), without autograd
         B = s.shape[0]
-        out = F.conv_transpose2d(s.reshape((B,) + self.out_shape), self.W, None, self.stride,
-                                 self.padding, self.output_padding)
+        out = _tgrad.conv2d_input((B,) + self.in_shape, self.W, s.reshape((B,) + self.out_shape),
+                                  self.stride, self.padding)
         return out.reshape(B, -1)
 
     def weight_grad(self, delta, a):
@@ -181,14 +175,6 @@ class _TPool(_Accumulating):
     def __init__(self, op, W, dtype, device):
         self.in_shape, self.out_shape = op.in_shape, op.out_shape
         self.kernel_size, self.stride, self.padding = op.kernel_size, op.stride, op.padding
-        C = op.in_shape[0]
-        kh, kw = op.kernel_size
-        # avg_pool2d (count_include_pad=True) is a depthwise convolution with 1/(kh kw)
-        self.kernel = torch.full((C, 1, kh, kw), float(op.fixed[0]), dtype=dtype, device=device)
-        _, H, Wd = op.in_shape
-        _, Ho, Wo = op.out_shape
-        self.output_padding = (H - ((Ho - 1) * op.stride[0] - 2 * op.padding[0] + kh),
-                               Wd - ((Wo - 1) * op.stride[1] - 2 * op.padding[1] + kw))
 
     def forward(self, a):
         B = a.shape[0]
@@ -197,9 +183,12 @@ class _TPool(_Accumulating):
         return out.reshape(B, -1)
 
     def backward(self, s):
+        # the transpose of average pooling: each output's value spread evenly over its
+        # window (the input is only consulted for its shape)
         B = s.shape[0]
-        out = F.conv_transpose2d(s.reshape((B,) + self.out_shape), self.kernel, None, self.stride,
-                                 self.padding, self.output_padding, groups=self.in_shape[0])
+        shape = s.new_empty(1).expand((B,) + self.in_shape)
+        out = _aten.avg_pool2d_backward(s.reshape((B,) + self.out_shape), shape, list(self.kernel_size),
+                                        list(self.stride), list(self.padding), False, True, None)
         return out.reshape(B, -1)
 
     def weight_grad(self, delta, a):  # no parameters
@@ -284,11 +273,12 @@ class TorchSystem:
         self.output = net.output
         self.beta = {}
         for v in net.nodes:
-            b = biases[v].expand(self.B, -1)
+            # (B, size) where the input drives the layer; else the bias vector (size,),
+            # which broadcasts over the batch
             if inp in net.preds[v]:
-                self.beta[v] = self.ops[(inp, v)].forward_into(None, X).add_(b)
+                self.beta[v] = self.ops[(inp, v)].forward_into(None, X).add_(biases[v])
             else:
-                self.beta[v] = b.contiguous()
+                self.beta[v] = biases[v]
 
     def tensor(self, a):
         """A numpy array as a tensor of this system's dtype on its device."""
@@ -298,7 +288,7 @@ class TorchSystem:
     def preact(self, v, m):
         """u_v = beta_v + sum_p W_pv m_p from per-layer activations ``m`` (a new tensor)."""
         edges = self.in_edges[v]
-        if not edges:
+        if not edges:  # only the input drives it: beta is (B, size)
             return self.beta[v].clone()
         p, op = edges[0]
         if op.kind == "dense":  # one kernel: beta + m_p W^T
