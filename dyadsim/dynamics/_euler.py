@@ -110,7 +110,8 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
     if torch_backend:
         from ._torch import relax as torch_relax
         return torch_relax(net, x, y, eta, steps, dtype, schedule=schedule, tol=tol,
-                           max_steps=max_steps, record=record, progress=progress, device=device)
+                           max_steps=max_steps, record=record, progress=progress, seed=seed,
+                           device=device)
     eta = check_eta(eta)
     if schedule not in SCHEDULES:
         raise DyadsimError(f"unknown schedule {schedule!r}; valid schedules: {', '.join(SCHEDULES)}")

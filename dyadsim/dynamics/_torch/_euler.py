@@ -12,6 +12,8 @@ from ._system import TorchSystem, to_numpy, torch
 
 __all__ = ["relax", "STATES", "wavefront_core", "parallel_core"]
 
+#: the schedules the torch engine runs
+TORCH_SCHEDULES = ("parallel", "wavefront")
 #: what the relaxation stores: ("md") the activation m and the error signal d,
 #: ("xz") the physical node pair x = m + d/2, z = m - d/2
 STATES = ("md", "xz")
@@ -22,11 +24,19 @@ def _default_tol(np_dtype) -> float:
 
 
 def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="parallel", tol=None,
-          max_steps=100_000, record=False, progress=False, state="xz", device=None):
-    """:func:`dyadsim.relax` on a torch device (same arguments, same result)."""
+          max_steps=100_000, record=False, progress=False, seed=None, state="xz", device=None):
+    """:func:`dyadsim.relax` on a torch device (same arguments, same result) for the
+    parallel and wavefront schedules; ``seed`` only belongs to the numpy backend's async
+    schedule and chips."""
     eta = check_eta(eta)
-    if schedule not in SCHEDULES:
+    if schedule == "async":
+        raise DyadsimError("the async schedule (one random neuron at a time) runs on the numpy "
+                           "backend only; the torch backend has the parallel and wavefront schedules")
+    if schedule not in TORCH_SCHEDULES:
         raise DyadsimError(f"unknown schedule {schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
+    if seed is not None:
+        raise DyadsimError("seed applies to the async schedule and to chips (numpy backend); "
+                           "the torch backend's schedules are deterministic")
     if state not in STATES:
         raise DyadsimError(f"unknown state {state!r}; valid states: {', '.join(STATES)}")
     if steps is not None:

@@ -186,7 +186,7 @@ class _TPool(_Accumulating):
         # the transpose of average pooling: each output's value spread evenly over its
         # window (the input is only consulted for its shape)
         B = s.shape[0]
-        shape = s.new_empty(1).expand((B,) + self.in_shape)
+        shape = s.new_empty((B,) + self.in_shape)  # uninitialised: only its shape is read
         out = _aten.avg_pool2d_backward(s.reshape((B,) + self.out_shape), shape, list(self.kernel_size),
                                         list(self.stride), list(self.padding), False, True, None)
         return out.reshape(B, -1)
