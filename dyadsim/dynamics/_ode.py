@@ -78,7 +78,9 @@ def relax_continuous(net, x, y, *, method="DOP853", rtol=1e-10, atol=1e-13, tol=
     seed : a :class:`~dyadsim.Chip`'s thermal-noise seed (``None``: the chip's own stream).
     backend, device : ``"numpy"`` (default) or ``"torch"`` on ``device`` (``"cpu"``,
         ``"cuda"``, ...; torch is an optional extra), which integrates with the adaptive
-        exponential solver ``"ETD3"`` (the default there) instead of scipy's.
+        exponential solver ``"ETD3"`` (the default there) instead of scipy's; ``rtol`` and
+        ``atol`` left at their defaults take that solver's own (rtol 3e-2, relative to each
+        step's increment).
     """
     torch_backend = use_torch(backend, device)
     if isinstance(net, Chip):  # a sampled chip: per-neuron tau, noise as an SDE

@@ -24,7 +24,18 @@ def backprop_core(s):
 
 
 def backprop(net, x, y, dtype=np.float64, *, device=None):
-    """:func:`dyadsim.backprop` on a torch device; the Gradients hold numpy arrays."""
+    """:func:`dyadsim.backprop` on a torch device.
+
+    Parameters
+    ----------
+    net, x, y, dtype : as for :func:`dyadsim.backprop`.
+    device : torch device (``None``: the CPU).
+
+    Returns
+    -------
+    Gradients
+        numpy arrays, in the network's parameter order.
+    """
     with torch.no_grad():
         s = TorchSystem(net, x, y, dtype, device)
         a, delta = backprop_core(s)

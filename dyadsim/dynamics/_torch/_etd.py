@@ -161,7 +161,50 @@ def relax_continuous(net, x, y, *, method="ETD3", rtol=3e-2, atol=1e-14, tol=1e-
                      settle_tol=1e-6, t_max=None, jac="auto", dtype=np.float64, record=False,
                      max_record_bytes=256 * 2**20, progress=False, state="md", device=None,
                      h0=None, h_min=1e-3):
-    """:func:`dyadsim.relax_continuous` on a torch device with the exponential solver."""
+    """:func:`dyadsim.relax_continuous` on a torch device with the exponential solver.
+
+    Parameters
+    ----------
+    net, x, y : Network and its batch.
+    method : ``"ETD3"`` (the only one: ETD3RK with an embedded ETD2 error estimate).
+    rtol : float
+        Local error of a step relative to that step's own increment, for m and d apart
+        (the transient is resolved relative to itself while it decays, so the settling
+        time stays accurate; the steady state itself does not depend on it).  The default
+        3e-2 put ``t_settle`` within 0.03 tau (0.1 %) of the closed form on a linear network;
+        1e-4 within 3e-6 tau.
+    atol : float
+        Absolute floor of that error scale (beside a rounding floor of 64 eps).
+    tol : float
+        Steady state: in every layer max|dm/dt| <= tol max|m_v| and max|dd/dt| <= tol max|d_v|
+        (a layer heading for zero measured against 1e-6 of the whole state), above the
+        rounding floor of the stored state.
+    settle_tol : float
+        ``t_settle``: from then on m and d stay within settle_tol (relative, max-norm) of the
+        final state; found on the dense output (the quadratic through the step's stages).
+    t_max : float or None
+        Give up (ConvergenceError) at this time; default ``20*(2L) + 200`` tau.
+    jac : ``"auto"`` or ``False`` (no Jacobian is used).
+    dtype : float64 or float32.
+    record : keep the state at every accepted step (``t``, ``x_t``, ``z_t``).
+    max_record_bytes : int
+        Memory for the recorded trajectory (thinned beyond it) and for the states kept on
+        the device to locate the settling time; when they do not fit, the accepted steps are
+        replayed from t = 0 to find it (``info["nfev_settle"]`` counts those evaluations).
+    progress : a tqdm progress bar.
+    state : ``"md"`` (default: m and d stored) or ``"xz"`` (the physical x, z pair).
+    device : torch device (``None``: the CPU).
+    h0 : first step (default rtol**(1/3)).
+    h_min : float
+        Steps this short are accepted even above rtol (relu kinks, where the error is first
+        order in h); counted in ``info["short_steps"]``.
+
+    Returns
+    -------
+    ContinuousResult
+        numpy arrays; ``info`` adds backend, device, state, rejected_steps, short_steps,
+        nfev_settle.
+    """
     if method not in TORCH_ODE_METHODS:
         raise DyadsimError(
             f"the torch backend integrates with the exponential solver only: method must be "

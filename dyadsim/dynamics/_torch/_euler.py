@@ -25,9 +25,23 @@ def _default_tol(np_dtype) -> float:
 
 def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="parallel", tol=None,
           max_steps=100_000, record=False, progress=False, seed=None, state="xz", device=None):
-    """:func:`dyadsim.relax` on a torch device (same arguments, same result) for the
-    parallel and wavefront schedules; ``seed`` only belongs to the numpy backend's async
-    schedule and chips."""
+    """:func:`dyadsim.relax` on a torch device, step for step the numpy relaxation.
+
+    Parameters
+    ----------
+    net, x, y, eta, steps, dtype, schedule, tol, max_steps, record, progress
+        As for :func:`dyadsim.relax` (schedules ``"parallel"`` and ``"wavefront"``).
+    seed : None
+        Belongs to the numpy backend's async schedule and to chips; refused here.
+    state : ``"xz"`` (the physical pair, as the numpy backend stores it) or ``"md"``
+        (m and d stored directly: exact d in float32 too).
+    device : torch device (``None``: the CPU).
+
+    Returns
+    -------
+    RelaxResult
+        numpy arrays; ``info`` adds backend, device, state.
+    """
     eta = check_eta(eta)
     if schedule == "async":
         raise DyadsimError("the async schedule (one random neuron at a time) runs on the numpy "
