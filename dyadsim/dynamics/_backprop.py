@@ -13,6 +13,7 @@ import numpy as np
 from .._validate import check_dtype, checked_call
 from ..errors import ConvergenceError, DyadsimError
 from ._chip import Chip
+from ._backend import use_torch
 from ._gradients import Gradients
 from ._precision import check_finite_grads, check_finite_layers, check_representable
 
@@ -75,7 +76,7 @@ def param_grads(net, delta, acts, weights, B, method=None) -> Gradients:
 
 
 @checked_call
-def backprop(net, x, y, dtype=np.float64) -> Gradients:
+def backprop(net, x, y, dtype=np.float64, *, backend="numpy", device=None) -> Gradients:
     """Gradients of the mean batch loss by reverse-mode differentiation.
 
     ``delta_v = sigma'(u_v) * (sum_c W_vc^T delta_c + [v is output] dC/da_L)``,
@@ -88,6 +89,11 @@ def backprop(net, x, y, dtype=np.float64) -> Gradients:
     y : array_like, (n_out,) or (B, n_out)
     dtype : float64 or float32
         The precision of the whole computation.
+    backend : ``"numpy"`` or ``"torch"``
+        ``"torch"`` computes the same formulas with torch on ``device`` (``"cpu"``,
+        ``"cuda"``, ...; torch is an optional extra); the gradients are numpy arrays either way.
+    device : str, optional
+        The torch device (``backend="torch"`` only).
 
     Returns
     -------
@@ -105,6 +111,9 @@ def backprop(net, x, y, dtype=np.float64) -> Gradients:
     if isinstance(net, Chip):
         raise DyadsimError("backprop is the digital reference of a Network; for a chip use "
                            "backprop(chip.network, x, y) or relax(chip, x, y)")
+    if use_torch(backend, device):
+        from ._torch import backprop as torch_backprop
+        return torch_backprop(net, x, y, dtype, device=device)
     dtype = check_dtype(dtype)
     X, Y, _ = net.check_xy(x, y)
     with np.errstate(over="ignore"):  # an overflowing cast is reported just below

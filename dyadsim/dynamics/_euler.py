@@ -21,6 +21,7 @@ import numpy as np
 from .._validate import (check_bool, check_choice, check_dtype, check_eta, check_int,
                          check_real, checked_call)
 from ..errors import ConvergenceError, DyadsimError, PrecisionWarning
+from ._backend import use_torch
 from ._backprop import error_signal, param_grads
 from ._chip import Chip
 from ._precision import (STATES, _layer_extents, _raise_if_nonfinite, _report, _user_stacklevel,
@@ -211,7 +212,8 @@ def _default_tol(dtype) -> float:
 
 @checked_call
 def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="parallel", state="md",
-          tol=None, max_steps=100_000, record=False, progress=False, seed=None) -> RelaxResult:
+          tol=None, max_steps=100_000, record=False, progress=False, seed=None,
+          backend="numpy", device=None) -> RelaxResult:
     """Relax the DBP saddle flow with explicit Euler from x = z = 0 and read out gradients.
 
     ``net`` may be a :class:`~dyadsim.Chip`: its relaxation then runs on the chip engine.
@@ -267,6 +269,12 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
     seed : int, optional
         The seed of the update order (``schedule="async"``), or a
         :class:`~dyadsim.Chip`'s thermal-noise seed (``None``: the chip's own stream).
+    backend : ``"numpy"`` or ``"torch"``
+        ``"torch"`` runs the same steps with torch on ``device`` (the parallel and
+        wavefront schedules of a Network; torch is an optional extra); the result holds
+        numpy arrays either way.
+    device : str, optional
+        The torch device (``"cpu"``, ``"cuda"``, ...; ``backend="torch"`` only).
 
     Returns
     -------
@@ -286,13 +294,22 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
         When the predicted rounding floor of some layer exceeds the requested accuracy
         (``tol``, or :func:`default_accuracy`), naming the layer and the fix.
     """
+    torch_backend = use_torch(backend, device)
     if isinstance(net, Chip):
+        if torch_backend:
+            raise DyadsimError("a Chip relaxes on the chip engine (backend='numpy'); the torch "
+                               "backend runs Networks")
         if state != "md":
             raise DyadsimError("state applies to the relaxation of a Network; a chip relaxes "
                                "its own physical model (see dyadsim.Chip)")
         from ._chip_engine import relax_chip
         return relax_chip(net, x, y, eta=eta, steps=steps, dtype=dtype, schedule=schedule, tol=tol,
                           max_steps=max_steps, record=record, seed=seed)
+    if torch_backend:
+        from ._torch import relax as torch_relax
+        return torch_relax(net, x, y, eta, steps, dtype, schedule=schedule, tol=tol,
+                           max_steps=max_steps, record=record, progress=progress, seed=seed,
+                           state=state, device=device)
     eta = check_eta(eta)
     schedule = check_choice("schedule", schedule, SCHEDULES)
     state = check_choice("state", state, STATES)

@@ -130,17 +130,23 @@ class Backprop(Method):
     Parameters
     ----------
     dtype : float64 or float32
+    **options
+        Any other keyword argument of :func:`dyadsim.backprop` (``backend``, ``device``).
     """
 
     name = "backprop"
     _function = backprop
 
-    def __init__(self, dtype=np.float64):
-        super().__init__(dtype=check_dtype(dtype))
+    def __init__(self, dtype=np.float64, **options):
+        opts = self._check_options(options)
+        self.options = {"dtype": check_dtype(dtype), **opts}
 
     def run(self, net, x, y) -> GradientResult:
         g = backprop(net, x, y, **self.options)
-        return GradientResult(g, {"dtype": np.dtype(self.options["dtype"]).name})
+        info = {"dtype": np.dtype(self.options["dtype"]).name}
+        if self.options.get("backend", "numpy") != "numpy":
+            info.update(backend=self.options["backend"], device=str(self.options.get("device") or "cpu"))
+        return GradientResult(g, info)
 
 
 class Euler(Method):
@@ -213,9 +219,11 @@ class ODE(Method):
     def __init__(self, solver=None, **options):
         opts = self._check_options(options)
         if solver is not None:
+            from ._backend import TORCH_ODE_METHODS, use_torch
             from ._ode import ODE_METHODS
 
-            check_choice("ODE solver", solver, tuple(ODE_METHODS))
+            torch_backend = use_torch(opts.get("backend", "numpy"), opts.get("device"))
+            check_choice("ODE solver", solver, TORCH_ODE_METHODS if torch_backend else tuple(ODE_METHODS))
         self.options = {"solver": solver, **opts}
 
 

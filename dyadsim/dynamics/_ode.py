@@ -8,6 +8,7 @@ import numpy as np
 from scipy.integrate import DOP853, LSODA, RK23, RK45, BDF, Radau
 
 from ..errors import ConvergenceError, DyadsimError
+from ._backend import use_torch
 from ._chip import Chip
 from ._gradients import Gradients
 from ._result import GradientResult
@@ -58,7 +59,7 @@ class ContinuousResult(GradientResult):
 def relax_continuous(net, x, y, *, method="DOP853", rtol=1e-10, atol=1e-13, tol=1e-11,
                      settle_tol=1e-6, t_max=None, jac="auto", dtype=np.float64,
                      record=False, max_record_bytes=256 * 2**20, progress=False,
-                     seed=None) -> ContinuousResult:
+                     seed=None, backend="numpy", device=None) -> ContinuousResult:
     """Integrate dx/dt = dE/dx, dz/dt = -dE/dz from x = z = 0 until steady state.
 
     ``net`` may be a :class:`~dyadsim.Chip` (per-neuron tau; Euler-Maruyama when it has noise).
@@ -75,11 +76,29 @@ def relax_continuous(net, x, y, *, method="DOP853", rtol=1e-10, atol=1e-13, tol=
     t_max : give up (ConvergenceError) after this time; default ``20*(2L) + 200`` tau.
     jac : ``"auto"`` (supply it to implicit methods), ``True`` or ``False``.
     seed : a :class:`~dyadsim.Chip`'s thermal-noise seed (``None``: the chip's own stream).
+    backend, device : ``"numpy"`` (default) or ``"torch"`` on ``device`` (``"cpu"``,
+        ``"cuda"``, ...; torch is an optional extra), which integrates with the adaptive
+        exponential solver ``"ETD3"`` (the default there) instead of scipy's; ``rtol`` and
+        ``atol`` left at their defaults take that solver's own (rtol 3e-2, relative to each
+        step's increment).
     """
+    torch_backend = use_torch(backend, device)
     if isinstance(net, Chip):  # a sampled chip: per-neuron tau, noise as an SDE
+        if torch_backend:
+            raise DyadsimError("a Chip relaxes on the chip engine (backend='numpy'); the torch "
+                               "backend runs Networks")
         from ._chip_engine import relax_chip_continuous
         return relax_chip_continuous(net, x, y, method=method, rtol=rtol, atol=atol, tol=tol,
                                      settle_tol=settle_tol, t_max=t_max, dtype=dtype, seed=seed)
+    if torch_backend:
+        from ._torch import relax_continuous as torch_ode
+        # the defaults here are the scipy solvers'; left at them, the torch solver's own apply
+        kw = {} if method == "DOP853" else {"method": method}
+        if (rtol, atol) != (1e-10, 1e-13):
+            kw.update(rtol=rtol, atol=atol)
+        return torch_ode(net, x, y, tol=tol, settle_tol=settle_tol, t_max=t_max,
+                         jac=jac, dtype=dtype, record=record, max_record_bytes=max_record_bytes,
+                         progress=progress, device=device, **kw)
     if method not in ODE_METHODS:
         raise DyadsimError(f"unknown ODE method {method!r}; valid methods: {', '.join(ODE_METHODS)}")
     sysm = System(net, x, y, dtype)
