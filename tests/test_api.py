@@ -197,3 +197,17 @@ def test_dead_scheduler_is_a_clear_error(monkeypatch):
     with pytest.raises(DyadsimError, match="cannot reach the Dask scheduler"):
         monte_carlo(net, np.ones((1, 3)), np.zeros((1, 2)), nonidealities=[Mismatch(0.01)],
                     runs=2, scheduler="tcp://127.0.0.1:1", progress=False)
+
+
+def test_cli_state_option_and_one_line_precision_warning(capsys):
+    from dyadsim.cli import main
+
+    args = ["grad", "--net", "8-16x20-4", "--activation", "sigmoid", "--method", "euler"]
+    assert main(args + ["--state", "xz"]) == 0
+    cap = capsys.readouterr()
+    warn = [ln for ln in cap.err.splitlines() if ln.startswith("warning: ")]
+    assert len(warn) == 1 and "state='md'" in warn[0]
+    line = next(ln for ln in cap.out.splitlines() if ln.startswith("method: euler"))
+    assert "state=xz" in line and "precision_floor=" in line and "{" not in line
+    assert main(args) == 0  # the exact default: no warning
+    assert "warning" not in capsys.readouterr().err

@@ -51,8 +51,26 @@ def main(argv=None) -> int:
         unwritable output path, out of memory), :data:`EXIT_INTERRUPTED` (130) on Ctrl-C.
         Each failure prints one line (``error: ...``) on stderr, no traceback.
     """
+    import warnings
+
     from ..errors import DyadsimException, SimulatorError
 
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        # dyadsim's own warnings (PrecisionWarning, ...) as one line, not a source location
+        if issubclass(category, UserWarning) and type(message).__module__.startswith("dyadsim"):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    original = warnings.showwarning
+    warnings.showwarning = show_warning
+    try:
+        return _main(argv, DyadsimException, SimulatorError)
+    finally:
+        warnings.showwarning = original
+
+
+def _main(argv, DyadsimException, SimulatorError) -> int:
     try:
         status = cli.main(args=argv, prog_name="dyadsim", standalone_mode=False)
     except click.exceptions.Exit as exc:

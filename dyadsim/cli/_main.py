@@ -94,19 +94,30 @@ def random_batch(net, batch, seed):
     return x, y
 
 
-def gradients_by(method, net, x, y, *, eta=1.0, schedule="auto", ode_method=None,
+def gradients_by(method, net, x, y, *, eta=1.0, schedule="auto", state="md", ode_method=None,
                  spice_options=None):
     """Gradients of one method (a name of :data:`dyadsim.METHODS`), plus its ``info``."""
     from ..readout import get_method
 
     if method not in METHODS:
         raise click.BadParameter(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    options = {"euler": {"eta": eta, "schedule": schedule},
+    options = {"euler": {"eta": eta, "schedule": schedule, "state": state},
                "ode": {"solver": ode_method},
                "spice": dict(spice_options or {})}.get(method, {})
     r = get_method(method, **options)(net, x, y)
     info = {k: v for k, v in r.info.items() if k not in ("method",)}
     return r.grads, info
+
+
+def format_info(info) -> str:
+    """The scalar facts of a run's ``info`` on one line (nested reports are left to --json)."""
+    parts = []
+    for k, v in info.items():
+        if isinstance(v, bool) or v is None or isinstance(v, (str, int)):
+            parts.append(f"{k}={v}")
+        elif isinstance(v, (float, np.floating)):
+            parts.append(f"{k}={float(v):.4g}")
+    return ", ".join(parts)
 
 
 def _json_number(v):
@@ -143,18 +154,21 @@ _jsonable = to_jsonable
 @click.option("--schedule", type=click.Choice(["auto", "parallel", "wavefront"]), default="auto",
               show_default=True,
               help="Euler schedule (auto: the wavefront at eta=1, else parallel).")
+@click.option("--state", type=click.Choice(["md", "xz"]), default="md", show_default=True,
+              help="Euler state: md (exact) or xz (the physical node voltages, the paper's Algorithm 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the gradients as JSON.")
-def grad(net_spec, activation, output_activation, loss, seed, batch, method, eta, schedule, as_json):
+def grad(net_spec, activation, output_activation, loss, seed, batch, method, eta, schedule, state,
+         as_json):
     """Gradients of a network on a random batch, by one method."""
     net = build_network(net_spec, activation, output_activation, loss, seed)
     x, y = random_batch(net, batch, seed)
-    grads, info = gradients_by(method, net, x, y, eta=eta, schedule=schedule)
+    grads, info = gradients_by(method, net, x, y, eta=eta, schedule=schedule, state=state)
     if as_json:
         click.echo(json.dumps({"method": method, "loss": _jsonable(grads.loss), "info": _jsonable(info),
                                "gradients": _grads_to_json(grads)}, allow_nan=False))
         return
     click.echo(net.summary())
-    click.echo(f"method: {method}  loss: {grads.loss}  {info}")
+    click.echo(f"method: {method}  loss: {grads.loss}  {format_info(info)}")
     for k, v in grads.items():
         click.echo(f"  {param_name(k):<28} shape {str(np.shape(v)):<12} norm {np.linalg.norm(v):.6e}")
 
@@ -164,8 +178,10 @@ def grad(net_spec, activation, output_activation, loss, seed, batch, method, eta
 @click.option("--methods", default="backprop,euler,ode", show_default=True,
               help="Comma-separated methods; the first is the reference.")
 @click.option("--eta", default=1.0, show_default=True, type=float, help="Euler step.")
+@click.option("--state", type=click.Choice(["md", "xz"]), default="md", show_default=True,
+              help="Euler state: md (exact) or xz (the physical node voltages, the paper's Algorithm 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
-def compare(net_spec, activation, output_activation, loss, seed, batch, methods, eta, as_json):
+def compare(net_spec, activation, output_activation, loss, seed, batch, methods, eta, state, as_json):
     """Compare the gradients of several methods against the first one."""
     from ..readout import compare as compare_fn
 
@@ -180,7 +196,7 @@ def compare(net_spec, activation, output_activation, loss, seed, batch, methods,
             param_hint="--methods")
     net = build_network(net_spec, activation, output_activation, loss, seed)
     x, y = random_batch(net, batch, seed)
-    results = {m: gradients_by(m, net, x, y, eta=eta) for m in names}
+    results = {m: gradients_by(m, net, x, y, eta=eta, state=state) for m in names}
     ref_name = names[0]
     ref = results[ref_name][0]
     out = []
@@ -200,5 +216,4 @@ def compare(net_spec, activation, output_activation, loss, seed, batch, methods,
         click.echo("")
         click.echo(c.table())
         if info:
-            click.echo("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                        for k, v in info.items()))
+            click.echo("  " + format_info(info))
