@@ -10,7 +10,7 @@ of the steady state, and compare them with exact backprop.
 >>> dyadsim.compare(dyadsim.relax(net, x, y).grads, dyadsim.backprop(net, x, y))
 """
 
-from .errors import ConvergenceError, DyadsimError, DyadsimException, SimulatorError
+from .errors import ConvergenceError, DyadsimError, DyadsimException, PrecisionWarning, SimulatorError
 from .network import (
     ACTIVATIONS, LOSSES, AvgPool2d, Conv2d, Dense, Network, from_torch, load, mlp, random_dag, to_torch,
 )
@@ -29,7 +29,7 @@ from .training import History, TrainingDiverged, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConvergenceError", "DyadsimError", "DyadsimException", "SimulatorError",
+    "ConvergenceError", "DyadsimError", "DyadsimException", "SimulatorError", "PrecisionWarning",
     "ACTIVATIONS", "LOSSES", "Network", "load", "mlp", "random_dag", "from_torch", "to_torch",
     "Conv2d", "AvgPool2d", "Dense",
     "GradientResult", "Method", "Backprop", "Euler", "ODE", "Spice", "METHODS", "get_method",

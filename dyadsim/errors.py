@@ -3,7 +3,8 @@
 Every error a user can cause with bad input is a :class:`DyadsimError`, which is also a
 :class:`ValueError`, and its message names the offending thing (node, edge, argument).
 Failures of the numerical machinery or of ngspice are :class:`ConvergenceError` and
-:class:`SimulatorError` (both :class:`RuntimeError`).
+:class:`SimulatorError` (both :class:`RuntimeError`).  A result whose accuracy is limited
+by the dynamic range of its encoding comes with a :class:`PrecisionWarning`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ __all__ = [
     "DyadsimError",
     "ConvergenceError",
     "SimulatorError",
+    "PrecisionWarning",
 ]
 
 
@@ -47,3 +49,13 @@ class SimulatorError(DyadsimException, RuntimeError):
             tail = "\n".join(log.strip().splitlines()[-15:])
             full += "\n  ngspice said:\n    " + tail.replace("\n", "\n    ")
         super().__init__(full)
+
+
+class PrecisionWarning(UserWarning):
+    """A result is less accurate than asked for because of its number encoding.
+
+    Raised (as a warning) when the predicted rounding floor of a relaxation -- the relative
+    error that storing the error signal d as the difference of two large states x and z
+    costs, layer by layer -- exceeds the requested accuracy.  The message names the layer
+    and the fix: ``state="md"`` (exact), ``dtype=float64``, or gain staging in a circuit.
+    """

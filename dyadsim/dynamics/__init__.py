@@ -1,7 +1,10 @@
 """Dynamics stage: exact backprop, the DBP energy and flows, Euler and continuous relaxation."""
 
-from ._backprop import backprop
+from ._backprop import backprop, error_signal, param_grads
 from ._euler import SCHEDULES, RelaxResult, relax
+from ._precision import (STATES, LayerPrecision, PrecisionReport, check_finite_grads,
+                         check_finite_layers, check_representable, default_accuracy,
+                         dynamic_range, rounding_floor, warn_if_imprecise)
 from ._flows import energy, flow, flow_jacobian, flow_md
 from ._gradients import Gradients
 from ._result import GradientResult
@@ -13,4 +16,7 @@ __all__ = [
     "backprop", "relax", "RelaxResult", "SCHEDULES", "relax_continuous", "ContinuousResult",
     "ODE_METHODS", "energy", "flow", "flow_md", "flow_jacobian", "Gradients", "GradientResult",
     "Method", "Backprop", "Euler", "ODE", "System",
+    "STATES", "LayerPrecision", "PrecisionReport", "dynamic_range", "rounding_floor",
+    "default_accuracy", "warn_if_imprecise", "check_finite_layers", "check_finite_grads",
+    "check_representable", "error_signal", "param_grads",
 ]

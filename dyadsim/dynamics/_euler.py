@@ -1,55 +1,161 @@
-"""Explicit Euler on the saddle flow: DBP's discrete relaxation (THEORY.md section 4)."""
+"""Explicit Euler on the saddle flow: DBP's discrete relaxation (docs/theory.md section 4).
+
+Two encodings of the doubled state (docs/theory.md section 7):
+
+* ``state="md"`` (default, exact): the activation m and the error signal d are the state.
+  The Euler map is the same, but d is never formed as the difference of two rounded
+  numbers, so in float64 every gradient matches backprop to rounding however small d is.
+* ``state="xz"`` (physical): the two node voltages x = m + d/2 and z = m - d/2 are stored
+  and updated, as in the paper's Algorithm 1 and in a circuit.  A layer whose d is far
+  below its m loses about eps * max|m| / max|d| of relative accuracy (and every layer
+  upstream inherits it); every result reports that floor and warns when it matters.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
 
 import numpy as np
 
+from .._validate import (check_bool, check_choice, check_dtype, check_eta, check_int,
+                         check_real, checked_call)
 from ..errors import ConvergenceError, DyadsimError
-from .._util import check_eta
-from ._gradients import Gradients
+from ._backprop import error_signal, param_grads
+from ._precision import (STATES, _layer_extents, _raise_if_nonfinite, _report,
+                         check_finite_grads, default_accuracy, warn_if_imprecise)
 from ._result import GradientResult
 from ._system import System
 
-__all__ = ["relax", "RelaxResult", "SCHEDULES"]
+__all__ = ["relax", "RelaxResult", "SCHEDULES", "STATES"]
 
 SCHEDULES = ("parallel", "wavefront")
 
 
-@dataclass(repr=False)
+def _value(v):
+    return v() if callable(v) else v
+
+
 class RelaxResult(GradientResult):
     """Outcome of :func:`relax`.
 
-    ``grads`` are read out of the final state; ``steps`` Euler steps were taken;
-    ``x``, ``z`` are the final states ((n,) for one sample, (B, n) for a batch);
-    ``history_x``/``history_z`` (with ``record=True``) hold the states after every step,
-    step 0 (all zeros) first; ``residual`` is the last update's relative size.
+    Parameters
+    ----------
+    grads : Gradients
+        Read out of the final state.
+    steps : int
+        Euler steps taken.
+    x, z : ndarray, optional
+        The final node voltages, ((n,) for one sample, (B, n) for a batch); in the exact
+        encoding they are derived from ``m`` and ``d`` (x = m + d/2, z = m - d/2).
+    eta, schedule, converged, residual, depth, stalled
+        See Attributes.
+    history_x, history_z : ndarray, optional
+        States after every step (``record=True``), step 0 (all zeros) first.
+    info : dict, optional
+    m, d : ndarray, optional (keyword)
+        The final activations and error signals (stored exactly with ``state="md"``).
+    history_m, history_d : ndarray, optional (keyword)
+    state : ``"md"`` or ``"xz"`` (keyword)
+    precision : PrecisionReport, optional (keyword)
+
+    Any array may also be given as a callable that computes it on first access.
+
+    Attributes
+    ----------
+    grads : Gradients
+    steps : int
+    eta : float
+    schedule : str
+        ``"parallel"`` or ``"wavefront"``.
+    state : str
+        ``"md"`` (exact) or ``"xz"`` (physical encoding).
+    converged : bool
+        At ``eta=1``: the run reached step 2L (the readout is exact); otherwise the update
+        fell below ``tol``.
+    residual : float
+        The last update's relative size (layer by layer, m and d separately).
+    depth : int
+        The network's depth L.
+    stalled : bool
+        Stopped at the rounding floor of the dtype before reaching ``tol``.
+    precision : PrecisionReport
+        Per layer: the dynamic range max|d|/max|m| and the predicted rounding floor of the
+        encoding and dtype (also in ``info["precision"]``).
+    info : dict
+        ``state``, ``dtype``, ``precision`` (the report as a dict), ``precision_floor``
+        (the largest predicted relative error), ``accuracy`` (what it was held to).
     """
 
-    grads: Gradients
-    steps: int
-    x: np.ndarray
-    z: np.ndarray
-    eta: float
-    schedule: str
-    converged: bool
-    residual: float
-    depth: int
-    history_x: np.ndarray | None = field(default=None, repr=False)
-    history_z: np.ndarray | None = field(default=None, repr=False)
-    stalled: bool = False  # stopped at the rounding floor of dtype before reaching tol
-    info: dict = field(default_factory=dict)
+    def __init__(self, grads, steps, x=None, z=None, eta=1.0, schedule="parallel",
+                 converged=False, residual=math.inf, depth=0, history_x=None, history_z=None,
+                 stalled=False, info=None, *, m=None, d=None, history_m=None, history_d=None,
+                 state=None, precision=None):
+        super().__init__(grads, info)
+        if x is None and m is None:
+            raise DyadsimError("RelaxResult needs the final state: x and z, or m and d")
+        self.steps = steps
+        self.eta = eta
+        self.schedule = schedule
+        self.converged = converged
+        self.residual = residual
+        self.depth = depth
+        self.stalled = stalled
+        self.state = state if state is not None else ("xz" if x is not None else "md")
+        self.precision = precision
+        self._arr = {"x": x, "z": z, "m": m, "d": d,
+                     "hx": history_x, "hz": history_z, "hm": history_m, "hd": history_d}
+
+    def _get(self, key):
+        v = self._arr[key]
+        if callable(v):
+            v = self._arr[key] = v()
+        return v
+
+    def _derive(self, key, a, b, f):
+        v = self._get(key)
+        if v is None and self._get(a) is not None:
+            v = self._arr[key] = f(self._get(a), self._get(b))
+        return v
+
+    @property
+    def x(self) -> np.ndarray:
+        """The x (plus) node voltages m + d/2."""
+        return self._derive("x", "m", "d", lambda m, d: m + 0.5 * d)
+
+    @property
+    def z(self) -> np.ndarray:
+        """The z (minus) node voltages m - d/2."""
+        return self._derive("z", "m", "d", lambda m, d: m - 0.5 * d)
 
     @property
     def m(self) -> np.ndarray:
-        """Activations (x + z) / 2."""
-        return 0.5 * (self.x + self.z)
+        """Activations (x + z) / 2 (stored exactly with ``state="md"``)."""
+        return self._derive("m", "x", "z", lambda x, z: 0.5 * (x + z))
 
     @property
     def d(self) -> np.ndarray:
-        """Error signals x - z."""
-        return self.x - self.z
+        """Error signals x - z (stored exactly with ``state="md"``)."""
+        return self._derive("d", "x", "z", lambda x, z: x - z)
+
+    @property
+    def history_x(self):
+        """x after every step (``record=True``), or ``None``."""
+        return self._derive("hx", "hm", "hd", lambda m, d: m + 0.5 * d)
+
+    @property
+    def history_z(self):
+        """z after every step (``record=True``), or ``None``."""
+        return self._derive("hz", "hm", "hd", lambda m, d: m - 0.5 * d)
+
+    @property
+    def history_m(self):
+        """m after every step (``record=True``), or ``None``."""
+        return self._derive("hm", "hx", "hz", lambda x, z: 0.5 * (x + z))
+
+    @property
+    def history_d(self):
+        """d after every step (``record=True``), or ``None``."""
+        return self._derive("hd", "hx", "hz", lambda x, z: x - z)
 
     @property
     def history(self):
@@ -58,79 +164,174 @@ class RelaxResult(GradientResult):
             return None
         return self.history_x, self.history_z
 
+    def __repr__(self) -> str:
+        fl = self.precision.floor if self.precision is not None else math.nan
+        return (f"RelaxResult(label={self.label!r}, state={self.state!r}, steps={self.steps}, "
+                f"converged={self.converged}, precision_floor={fl:.2g})")
 
 
 def _default_tol(dtype) -> float:
     return 1e-12 if np.dtype(dtype) == np.float64 else float(np.finfo(np.float32).eps)
 
 
-def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="parallel",
+@checked_call
+def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="parallel", state="md",
           tol=None, max_steps=100_000, record=False, progress=False) -> RelaxResult:
     """Relax the DBP saddle flow with explicit Euler from x = z = 0 and read out gradients.
 
     Parameters
     ----------
-    eta : Euler step in units of tau, in (0, 2).  At ``eta=1`` the readout equals backprop
-        exactly at step 2L (L = ``net.depth``), and not before.
-    steps : number of steps.  ``None``: exactly 2L at ``eta=1``; otherwise run until the
+    net : Network
+    x : array_like, (n_in,) or (B, n_in)
+    y : array_like, (n_out,) or (B, n_out)
+    eta : float
+        Euler step in units of tau, in (0, 2).  At ``eta=1`` the readout equals backprop
+        exactly at step 2L (L = ``net.depth``), and not before, in both encodings.
+    steps : int, optional
+        Number of steps.  ``None``: exactly 2L at ``eta=1``; otherwise run until the
         relative size of an update falls below ``tol`` (at most ``max_steps``; a
         :class:`~dyadsim.errors.ConvergenceError` otherwise).
-    dtype : float64 or float32 (the whole relaxation runs in that precision).
-    schedule : ``"parallel"`` updates every neuron at every step (the physical picture);
+    dtype : float64 or float32
+        The whole relaxation runs in that precision.
+    schedule : ``"parallel"`` or ``"wavefront"``
+        ``"parallel"`` updates every neuron at every step (the physical picture);
         ``"wavefront"`` (``eta=1`` only) updates a layer only at the step when its inputs
         became final (forward wave at step depth(v), error wave at step L + 1 + the
         longest path from v to the output): same state at step 2L, backprop's cost.
         Its intermediate states differ from the parallel ones (unreached layers stay 0).
-    tol : convergence tolerance on ``max|eta*dm_v| / max|m_v|`` and ``max|eta*dd_v| / max|d_v|``
-        for every layer v
-        (default 1e-12 in float64, float32's eps in float32); the run also stops, converged and ``stalled``, when the residual, already below sqrt(eps), has not halved for max(50, 10/eta) steps (the rounding floor of the state); only used when ``steps`` is None.
-    record : keep the state after every step (``history_x``, ``history_z``).
-    progress : show a progress bar (tqdm) for long relaxations.
+    state : ``"md"`` or ``"xz"``
+        The encoding of the doubled state.  ``"md"`` (default) stores the activation m and
+        the error signal d; the Euler map is the same, but d is exact however small it is,
+        and in float64 every gradient matches backprop to ~1e-15 (the wavefront in this
+        encoding *is* a forward and a backward pass).  ``"xz"`` stores the node voltages
+        x = m + d/2 and z = m - d/2 and updates them, ``x += eta dx/dt``,
+        ``z += eta dz/dt``: the paper's Algorithm 1 and what a circuit does.  There each
+        layer loses about ``eps * max|m| / max|d|`` of relative accuracy, accumulating
+        towards the input (``result.precision`` predicts it; see docs/theory.md section 7).
+    tol : float, optional
+        Convergence tolerance on ``max|eta*dm_v| / max|m_v|`` and
+        ``max|eta*dd_v| / max|d_v|`` for every layer v (default 1e-12 in float64, float32's
+        eps in float32); the run also stops, converged and ``stalled``, when the residual,
+        already below sqrt(eps), has not halved for max(50, 10/eta) steps (the rounding
+        floor of the state); only used when ``steps`` is None.  It is also the accuracy the
+        rounding floor is held to (default: :func:`default_accuracy`, 1e-6 in float64).
+    max_steps : int
+        The step budget when running to ``tol``.
+    record : bool
+        Keep the state after every step (``history_x``/``history_z``, and
+        ``history_m``/``history_d``).
+    progress : bool
+        Show a progress bar (tqdm) for long relaxations.
+
+    Returns
+    -------
+    RelaxResult
+
+    Raises
+    ------
+    DyadsimError
+        Bad arguments (each is validated; unknown keyword arguments are refused).
+    ConvergenceError
+        The budget ran out before ``tol``, or the state or the gradients overflowed to
+        inf/NaN (the message names the layer or the tensor).
+
+    Warns
+    -----
+    PrecisionWarning
+        When the predicted rounding floor of some layer exceeds the requested accuracy
+        (``tol``, or :func:`default_accuracy`), naming the layer and the fix.
     """
     eta = check_eta(eta)
-    if schedule not in SCHEDULES:
-        raise DyadsimError(f"unknown schedule {schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
-    if steps is not None:
-        try:
-            ok = not isinstance(steps, bool) and int(steps) == steps and steps >= 0
-        except (TypeError, ValueError, OverflowError):
-            ok = False
-        if not ok:
-            raise DyadsimError(f"steps must be a non-negative int or None, got {steps!r}")
-        steps = int(steps)
+    schedule = check_choice("schedule", schedule, SCHEDULES)
+    state = check_choice("state", state, STATES)
+    steps = check_int("steps", steps, 0, allow_none=True)
+    max_steps = check_int("max_steps", max_steps, 1)
+    tol = check_real("tol", tol, low=0, low_open=True, allow_none=True)
+    record = check_bool("record", record)
+    progress = check_bool("progress", progress)
+    dtype = check_dtype(dtype)
+    if schedule == "wavefront" and eta != 1.0:
+        raise DyadsimError(
+            f"the wavefront schedule needs eta = 1 (got {eta}): only then is a layer "
+            "final after one update once its inputs are final"
+        )
     sysm = System(net, x, y, dtype)
     L = net.depth
-    if schedule == "wavefront":
-        if eta != 1.0:
-            raise DyadsimError(
-                f"the wavefront schedule needs eta = 1 (got {eta}): only then is a layer "
-                "final after one update once its inputs are final"
-            )
-        return _relax_wavefront(sysm, 2 * L if steps is None else min(steps, 2 * L), record)
-    if tol is None:
-        tol = _default_tol(sysm.dtype)
-    fixed = steps is not None or eta == 1.0
-    n_steps = steps if steps is not None else (2 * L if eta == 1.0 else max_steps)
-    return _relax_parallel(sysm, eta, n_steps, fixed, tol, record, progress)
+    accuracy = tol if tol is not None else default_accuracy(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if schedule == "wavefront":
+            res = _relax_wavefront(sysm, 2 * L if steps is None else min(steps, 2 * L),
+                                   record, state)
+        else:
+            conv_tol = _default_tol(sysm.dtype) if tol is None else tol
+            fixed = steps is not None or eta == 1.0
+            n_steps = steps if steps is not None else (2 * L if eta == 1.0 else max_steps)
+            res = _relax_parallel(sysm, eta, n_steps, fixed, conv_tol, record, progress, state)
+    res.info.update({"state": state, "dtype": np.dtype(dtype).name, "accuracy": accuracy,
+                     "precision_floor": res.precision.floor,
+                     "precision": res.precision.to_dict()})
+    if res.converged:
+        warn_if_imprecise(res.precision, accuracy,
+                          what=f"relax(state={state!r}, dtype={np.dtype(dtype).name})")
+    return res
 
 
-def _finish(sysm, x, z, steps, eta, schedule, converged, residual, hx, hz):
-    grads = sysm.readout(0.5 * (x + z), x - z, method=f"euler[{schedule}, eta={eta:g}, steps={steps}]")
-    if sysm.single:
-        x, z = x[0], z[0]
-        if hx is not None:
-            hx, hz = hx[:, 0], hz[:, 0]
-    return RelaxResult(grads, steps, x, z, eta, schedule, converged, residual, sysm.net.depth, hx, hz)
+def _finish(sysm, *, steps, eta, schedule, state, converged, residual, m, d, d_est=None,
+            x=None, z=None, grads=None, hist=None, stalled=False):
+    """Check for overflow, read out (unless ``grads`` is given), report the precision.
+
+    ``m``, ``d`` are (B, n) arrays or complete ``{node: array}`` maps; ``d_est`` estimates
+    the error signal each layer should hold (xz: its update target); ``x``, ``z`` are
+    given in the physical encoding; ``hist`` is a list of (a, b) state pairs."""
+    net = sysm.net
+    ext = _layer_extents(net, m, d if d_est is None else d_est)
+    _raise_if_nonfinite(net, ext, "relax", sysm.dtype, None)
+    blocks = isinstance(m, dict)
+    if grads is None:
+        grads = sysm.readout(m, d, method=f"euler[{schedule}, eta={eta:g}, steps={steps}]")
+    check_finite_grads(grads, what="relax", dtype=sysm.dtype)
+    report = _report(net, ext, state, np.dtype(sysm.dtype).name,
+                     float(np.finfo(sysm.dtype).eps), eta)
+    single = sysm.single
+
+    def shaped(a):
+        if blocks:
+            a = _assemble(sysm, a)
+        return a[0] if single else a
+
+    def lazy(a):
+        return None if a is None else (lambda: shaped(a))
+
+    h = {}
+    if hist is not None:
+        A = np.stack([p[0] for p in hist])
+        Bh = np.stack([p[1] for p in hist])
+        if single:
+            A, Bh = A[:, 0], Bh[:, 0]
+        h = {"history_x": A, "history_z": Bh} if state == "xz" else {"history_m": A, "history_d": Bh}
+    if state == "xz":
+        return RelaxResult(grads, steps, lazy(x), lazy(z), eta, schedule, converged, residual,
+                           net.depth, stalled=stalled, state=state, precision=report, **h)
+    return RelaxResult(grads, steps, None, None, eta, schedule, converged, residual, net.depth,
+                       stalled=stalled, m=lazy(m), d=lazy(d), state=state, precision=report,
+                       **h)
 
 
-def _blockwise_residual(sysm, x, z, dm, dd) -> float:
+def _assemble(sysm, blocks) -> np.ndarray:
+    """``{node: (B, size)}`` -> (B, n), zeros for the nodes that are missing."""
+    out = np.zeros((sysm.B, sysm.n), dtype=sysm.dtype)
+    for v, sl in sysm.slices.items():
+        if v in blocks:
+            out[:, sl] = blocks[v]
+    return out
+
+
+def _blockwise_residual(sysm, m_all, d_all, dm, dd) -> float:
     """Largest update of any layer relative to that layer's largest value, for m and d
     separately (d is often orders of magnitude below m).  A layer whose values head for
     exactly zero (a relu layer that dies) is measured against 1e-6 of the largest value of
     the whole state instead, or its relative update would stay near eta forever."""
     tiny = np.finfo(sysm.dtype).tiny
-    m_all = 0.5 * (x + z)
-    d_all = x - z
     m_floor = 1e-6 * float(np.max(np.abs(m_all))) if m_all.size else 0.0
     d_floor = 1e-6 * float(np.max(np.abs(d_all))) if d_all.size else 0.0
     worst = 0.0
@@ -143,54 +344,67 @@ def _blockwise_residual(sysm, x, z, dm, dd) -> float:
     return worst
 
 
-def _relax_parallel(sysm, eta, n_steps, fixed, tol, record, progress):
+def _relax_parallel(sysm, eta, n_steps, fixed, tol, record, progress, state):
     shape = (sysm.B, sysm.n)
-    x = np.zeros(shape, dtype=sysm.dtype)
-    z = np.zeros(shape, dtype=sysm.dtype)
-    hist = [(x.copy(), z.copy())] if record else None
+    xz = state == "xz"
+    # the state: (m, d) exactly, or the node voltages (x, z)
+    a = np.zeros(shape, dtype=sysm.dtype)
+    b = np.zeros(shape, dtype=sysm.dtype)
+    hist = [(a.copy(), b.copy())] if record else None
     residual = np.inf
     converged = stalled = False
     best, best_k = np.inf, 0
     stall_window = max(50, int(np.ceil(10.0 / eta)))
     stall_floor = float(np.sqrt(np.finfo(sysm.dtype).eps))
     k = 0
+    m, d = a, b
+    dd = None
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=n_steps if fixed else None, desc="relax", unit="step", leave=False)
     try:
         for k in range(1, n_steps + 1):
-            m = 0.5 * (x + z)
-            d = x - z
+            if xz:
+                m = 0.5 * (a + b)
+                d = a - b
             dm, dd, _ = sysm.flow_md(m, d)
             dm *= eta
             dd *= eta
-            x += dm + 0.5 * dd
-            z += dm - 0.5 * dd
+            if xz:
+                a += dm + 0.5 * dd
+                b += dm - 0.5 * dd
+            else:
+                a += dm
+                b += dd
             if record:
-                hist.append((x.copy(), z.copy()))
+                hist.append((a.copy(), b.copy()))
             if bar is not None:
                 bar.update(1)
-            if fixed and k == n_steps:
-                residual = _blockwise_residual(sysm, x, z, dm, dd)
+            if fixed and k < n_steps:
+                continue
+            m_now, d_now = (0.5 * (a + b), a - b) if xz else (a, b)
             if not fixed:
-                if not (np.all(np.isfinite(x)) and np.all(np.isfinite(z))):
-                    raise ConvergenceError(f"Euler relaxation produced NaN/inf at step {k} (eta={eta})")
-                # layer by layer: the largest update relative to the layer's largest value,
-                # for m and d separately (d is often orders of magnitude below m)
-                residual = _blockwise_residual(sysm, x, z, dm, dd)
-                if residual <= tol:
-                    converged = True
-                    break
-                # stalled at the rounding floor (float32 with a small eta): the residual has
-                # not improved for a while; the state is as good as this precision allows
-                # (only near the rounding floor: far from it a residual can grow for a
-                # while and still converge -- non-normal transients at eta > 1)
-                if residual < best:
-                    best, best_k = 0.5 * residual, k
-                elif k - best_k > stall_window and residual <= stall_floor:
-                    converged = stalled = True
-                    break
+                if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+                    _raise_if_nonfinite(sysm.net, _layer_extents(sysm.net, m_now, d_now),
+                                        f"relax (eta={eta})", sysm.dtype, k)
+            # layer by layer: the largest update relative to the layer's largest value,
+            # for m and d separately (d is often orders of magnitude below m)
+            residual = _blockwise_residual(sysm, m_now, d_now, dm, dd)
+            if fixed:
+                continue
+            if residual <= tol:
+                converged = True
+                break
+            # stalled at the rounding floor (float32 with a small eta): the residual has
+            # not improved for a while; the state is as good as this precision allows
+            # (only near the rounding floor: far from it a residual can grow for a
+            # while and still converge -- non-normal transients at eta > 1)
+            if residual < best:
+                best, best_k = 0.5 * residual, k
+            elif k - best_k > stall_window and residual <= stall_floor:
+                converged = stalled = True
+                break
     finally:
         if bar is not None:
             bar.close()
@@ -200,87 +414,83 @@ def _relax_parallel(sysm, eta, n_steps, fixed, tol, record, progress):
         raise ConvergenceError(
             f"Euler relaxation with eta={eta} did not reach tol={tol:g} in {n_steps} steps "
             f"(last relative update {residual:.3g}); raise max_steps or tol"
+            + ("; with state='xz' the rounding of x and z may keep it from converging: try "
+               "state='md'" if xz else "")
         )
-    hx = hz = None
-    if record:
-        hx = np.stack([h[0] for h in hist])
-        hz = np.stack([h[1] for h in hist])
-    res = _finish(sysm, x, z, k if n_steps else 0, eta, "parallel", converged, residual, hx, hz)
-    res.stalled = stalled
-    return res
+    steps = k if n_steps else 0
+    if xz:
+        m_fin, d_fin = 0.5 * (a + b), a - b
+        # what d should be: the last update's target (d itself may be lost in rounding)
+        d_est = d_fin if dd is None else d + dd / eta
+        return _finish(sysm, steps=steps, eta=eta, schedule="parallel", state=state,
+                       converged=converged, residual=residual, m=m_fin, d=d_fin, d_est=d_est,
+                       x=a, z=b, hist=hist, stalled=stalled)
+    return _finish(sysm, steps=steps, eta=eta, schedule="parallel", state=state,
+                   converged=converged, residual=residual, m=a, d=b, hist=hist, stalled=stalled)
 
 
-def _relax_wavefront(sysm, n_steps, record):
+def _relax_wavefront(sysm, n_steps, record, state):
     """eta = 1; update block v's forward part at step depth(v) and its error part at step
     L + 1 + rdepth(v), each from the previous state, exactly as the parallel Euler map does.
 
-    The state is x, z (B, n); each layer's m = (x+z)/2, d = x-z and s = sigma'(u)*d are
-    read from it into contiguous arrays whenever the layer is updated, so every matrix
-    product runs on contiguous data and the readout reuses s as delta."""
+    A layer's first update starts from x = z = m = 0, where the Euler step m += sigma(u) - m
+    is exact: m = sigma(u) (:meth:`Network.node_forward`, the forward pass).  At its error
+    wave d_v is still 0, so the update is d_v = W^T (sigma' d)_succ (+ dC/da_L)
+    (:func:`error_signal`, the backward pass), and m_v does not move.  In the exact
+    encoding that is all (this schedule *is* backprop); in the physical one the update is
+    applied to x = m + d/2 and z = m - d/2, and m and d are read back from the rounded x, z.
+    """
     net = sysm.net
     L = net.depth
-    B, dt = sysm.B, sysm.dtype
+    W = sysm.weights
+    xz = state == "xz"
     nodes = net.nodes
-    # the state x, z (B, n); per layer, contiguous: m = (x+z)/2, d = x-z, s = sigma'(u)*d,
-    # read from the state whenever the layer is updated
-    x = np.zeros((B, sysm.n), dtype=dt)
-    z = np.zeros((B, sysm.n), dtype=dt)
-    xs = {v: x[:, sysm.slices[v]] for v in nodes}
-    zs = {v: z[:, sysm.slices[v]] for v in nodes}
-    ms, ds_, sd = {}, {}, {}
-    slope = {}
-    W = {(p, v): sysm.weights.get((p, v)) for (p, v) in net.edges}
-    ops = net.edge_ops
     fwd = {k: [v for v in nodes if net.block(v).depth == k] for k in range(1, L + 1)}
     bwd = {k: [v for v in reversed(nodes) if L + 1 + net.block(v).rdepth == k]
            for k in range(L + 1, 2 * L + 1)}
+    a = {net.input: sysm.X}  # m of every updated layer
+    slope, delta, dblk = {}, {}, {}
+    target, xb, zb = {}, {}, {}  # xz: the update target of d, the stored x and z
 
-    hist = [(x.copy(), z.copy())] if record else None
+    def snapshot():
+        ms = {v: a[v] for v in nodes if v in a}
+        if xz:
+            return (_assemble(sysm, {**ms, **xb}), _assemble(sysm, {**ms, **zb}))
+        return _assemble(sysm, ms), _assemble(sysm, dblk)
+
+    hist = [snapshot()] if record else None
     for k in range(1, n_steps + 1):
         for v in fwd.get(k, ()):
-            uv = None  # u = W m + beta (beta holds the bias and the input's contribution)
-            for p in net.preds[v]:
-                if p != net.input:
-                    c = ops[(p, v)].forward(W[(p, v)], ms[p])
-                    uv = c if uv is None else uv.__iadd__(c)
-            beta_v = sysm.beta[:, sysm.slices[v]]
-            uv = beta_v if uv is None else uv.__iadd__(beta_v)
-            val, slope[v] = sysm.acts[v].value_and_slope(uv)
-            # this is the layer's first update and it starts from x = z = m = 0, where the
-            # Euler step x += sigma(u) - m is exact: x = z = m = sigma(u), bit for bit
-            xs[v][...] = val
-            zs[v][...] = val
-            ms[v] = val  # the same values as x_v until the layer's error wave (replaced there)
+            a[v], slope[v] = net.node_forward(v, a, W, slope=True)
         for v in bwd.get(k, ()):
-            # d_v is still exactly 0 here (x_v == z_v), so dd = W^T s (+ dC/da_L)
-            dd = None
-            for c in net.succs[v]:
-                contrib = ops[(v, c)].backward(W[(v, c)], sd[c])
-                dd = contrib if dd is None else dd.__iadd__(contrib)
-            if v == net.output:
-                g = net.loss.grad(ms[v], sysm.Y)
-                dd = g if dd is None else dd.__iadd__(g)
-            dd *= 0.5
-            xs[v] += dd
-            zs[v] -= dd
-            ds_[v] = xs[v] - zs[v]
-            m_v = xs[v] + zs[v]
-            m_v *= 0.5
-            ms[v] = m_v
-            sd[v] = slope[v] * ds_[v]
+            dv = error_signal(net, v, delta, W, a[net.output], sysm.Y)
+            if xz:
+                target[v] = dv
+                half = 0.5 * dv
+                xv = a[v] + half
+                zv = a[v] - half
+                dv = xv - zv
+                mv = xv + zv
+                mv *= 0.5
+                a[v], xb[v], zb[v] = mv, xv, zv
+            dblk[v] = dv
+            delta[v] = slope[v] * dv
         if record:
-            hist.append((x.copy(), z.copy()))
-    hx = hz = None
-    if record:
-        hx = np.stack([h[0] for h in hist])
-        hz = np.stack([h[1] for h in hist])
+            hist.append(snapshot())
     done = n_steps >= 2 * L
-    if not done:
-        return _finish(sysm, x, z, n_steps, 1.0, "wavefront", False, np.inf, hx, hz)
-    grads = sysm.readout_blocks(ms, ds_, slope, method=f"euler[wavefront, eta=1, steps={n_steps}]",
-                                delta=sd)  # sigma'(u)*d of every layer, already formed
-    if sysm.single:
-        x, z = x[0], z[0]
-        if hx is not None:
-            hx, hz = hx[:, 0], hz[:, 0]
-    return RelaxResult(grads, n_steps, x, z, 1.0, "wavefront", True, 0.0, L, hx, hz)
+    if not done:  # a partial state: read out like any other state
+        ms = {v: a[v] for v in nodes if v in a}
+        m_full = _assemble(sysm, ms)
+        d_full = _assemble(sysm, dblk)
+        kw = {}
+        if xz:
+            kw = dict(x=_assemble(sysm, {**ms, **xb}), z=_assemble(sysm, {**ms, **zb}))
+        return _finish(sysm, steps=n_steps, eta=1.0, schedule="wavefront", state=state,
+                       converged=False, residual=np.inf, m=m_full, d=d_full, hist=hist, **kw)
+    grads = param_grads(net, delta, a, W, sysm.B,
+                        method=f"euler[wavefront, eta=1, steps={n_steps}]")
+    grads.loss = float(np.mean(net.loss.value(a[net.output], sysm.Y)))
+    ms = {v: a[v] for v in nodes}
+    kw = dict(x=xb, z=zb, d_est=target) if xz else {}
+    return _finish(sysm, steps=n_steps, eta=1.0, schedule="wavefront", state=state,
+                   converged=True, residual=0.0, m=ms, d=dblk, grads=grads, hist=hist, **kw)

@@ -9,12 +9,19 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .._util import check_dtype
+from .._validate import check_dtype
+from ._backprop import param_grads
 from ._gradients import Gradients
+from ._precision import check_representable
 
 
 class System:
-    """One network, one batch (x0, y), one dtype: the flows, the readout, the energy."""
+    """One network, one batch (x0, y), one dtype: the flows, the readout, the energy.
+
+    Inputs, targets and weights that overflow the dtype raise a
+    :class:`~dyadsim.errors.ConvergenceError` here.  ``beta`` (the drive, W_in x0 + b) is
+    computed on first use: the wavefront schedule never needs it.
+    """
 
     def __init__(self, net, x, y=None, dtype=np.float64):
         self.net = net
@@ -26,26 +33,36 @@ class System:
             X, Y, self.single = net.check_xy(x, y)
         self.X = X.astype(dtype, copy=False)
         self.Y = None if Y is None else Y.astype(dtype, copy=False)
+        check_representable("input x", X, self.X)
+        if Y is not None:
+            check_representable("target y", Y, self.Y)
         self.B = X.shape[0]
         self.n = net.n
         inp = net.input
         self.slices = {v: net.slice(v) for v in net.nodes}
         self.acts = {v: net.activations[v] for v in net.nodes}
-        # internal edges (both ends stacked) as (src_slice, dst_slice, W) in topological order
-        def w(p, v):
-            W = net.params.get(("W", p, v))
-            return None if W is None else W.astype(dtype, copy=False)
-
-        self.weights = {k[1:]: v.astype(dtype, copy=False) for k, v in net.params.items() if k[0] == "W"}
-        # internal edges as (src_slice, dst_slice, op, W), in topological order
-        self.edges = [(self.slices[p], self.slices[v], net.edge_ops[(p, v)], w(p, v))
+        #: {(src, dst): W in dtype, or None for edges without weights}, input edges included
+        self.weights = net.edge_weights(dtype)
+        for (p, v), W in self.weights.items():
+            if W is not None:
+                check_representable(f"weight W[{p}->{v}]", net.params[("W", p, v)], W)
+        w = self.weights.get
+        # internal edges (both ends stacked) as (src_slice, dst_slice, op, W), in topological order
+        self.edges = [(self.slices[p], self.slices[v], net.edge_ops[(p, v)], w((p, v)))
                       for v in net.nodes for p in net.preds[v] if p != inp]
-        self.in_edges = {v: [(self.slices[p], net.edge_ops[(p, v)], w(p, v))
+        self.in_edges = {v: [(self.slices[p], net.edge_ops[(p, v)], w((p, v)))
                              for p in net.preds[v] if p != inp] for v in net.nodes}
-        self.out_edges = {v: [(self.slices[c], net.edge_ops[(v, c)], w(v, c))
+        self.out_edges = {v: [(self.slices[c], net.edge_ops[(v, c)], w((v, c)))
                               for c in net.succs[v]] for v in net.nodes}
-        self.beta = net._beta(X).astype(dtype, copy=False)
         self.out = self.slices[net.output]
+        self._beta = None
+
+    @property
+    def beta(self) -> np.ndarray:
+        """The drive beta = [W_in->v x0] + b, (B, n) (computed once, on first use)."""
+        if self._beta is None:
+            self._beta = self.net._beta(self.X, self.dtype)
+        return self._beta
 
     # ---------------------------------------------------------------- elementary sweeps
     def preact(self, m, nodes=None) -> np.ndarray:
@@ -114,19 +131,14 @@ class System:
 
     def readout_blocks(self, m, d, slope, method=None, delta=None) -> Gradients:
         """The readout from per-layer arrays ``{node: (B, size)}`` of m, d and sigma'(u)
-        (or of delta = sigma'(u) * d directly, when the caller has formed it)."""
+        (or of delta = sigma'(u) * d directly, when the caller has formed it); the one
+        parameter-gradient readout :func:`param_grads` that backprop uses too."""
         net = self.net
-        B = self.B
         if delta is None:
             delta = {v: slope[v] * d[v] for v in net.nodes}
-        grads = Gradients(method=method)
-        for key in net.params:  # the network's own parameter order
-            if key[0] == "b":
-                grads[key] = net.bias_grad(key[1], delta[key[1]]) / B
-            else:
-                p, v = key[1], key[2]
-                a_p = self.X if p == net.input else m[p]
-                grads[key] = net.edge_ops[(p, v)].weight_grad(self.weights[(p, v)], delta[v], a_p) / B
+        acts = dict(m)
+        acts[net.input] = self.X
+        grads = param_grads(net, delta, acts, self.weights, self.B, method=method)
         if self.Y is not None:
             grads.loss = float(np.mean(net.loss.value(m[net.output], self.Y)))
         return grads

@@ -411,21 +411,99 @@ class Network:
         return X, Y, single
 
     # ------------------------------------------------------------------ evaluation
+    def edge_weights(self, dtype=None) -> dict:
+        """Every edge's weight, ``{(src, dst): array or None}`` (``None`` for an edge without
+        parameters, e.g. average pooling), cast to ``dtype`` when given (no copy when it
+        already has that dtype)."""
+        out = {}
+        for (p, v) in self.edge_ops:
+            W = self.params.get(("W", p, v))
+            out[(p, v)] = W if W is None or dtype is None else W.astype(dtype, copy=False)
+        return out
+
+    def node_forward(self, node, acts, weights=None, *, slope=False):
+        """One layer node of the forward pass: ``a_v = sigma_v(b_v + sum_p W_pv a_p)``.
+
+        The one implementation of the forward pass: :meth:`propagate`, backprop and the
+        wavefront relaxation all call it.
+
+        Parameters
+        ----------
+        node : hashable
+            A non-input layer node.
+        acts : mapping
+            ``{node: (B, size) array}`` holding the activations of every predecessor of
+            ``node`` (the input included); their dtype is the dtype of the result.
+        weights : mapping, optional
+            ``{(src, dst): array}`` as :meth:`edge_weights` returns it (already cast);
+            default: the network's parameters cast to the activations' dtype.
+        slope : bool
+            Also return ``sigma'(u)``.
+
+        Returns
+        -------
+        ndarray or (ndarray, ndarray)
+            ``a_v`` (B, size), or ``(a_v, sigma'(u_v))`` with ``slope=True``.
+        """
+        preds = self.preds[node]
+        first = acts[preds[0]]
+        dtype = first.dtype
+        u = np.empty((first.shape[0], self.sizes[node]), dtype=dtype)
+        u[...] = self.bias_vector(node, dtype)
+        for p in preds:
+            if weights is None:
+                W = self.params.get(("W", p, node))
+                W = None if W is None else W.astype(dtype, copy=False)
+            else:
+                W = weights.get((p, node))
+            u += self.edge_ops[(p, node)].forward(W, acts[p])
+        act = self.activations[node]
+        return act.value_and_slope(u) if slope else act.f(u)
+
+    def propagate(self, X, weights=None, *, slopes=False):
+        """The forward pass of an already validated (B, n_in) batch, in ``X``'s dtype.
+
+        Parameters
+        ----------
+        X : ndarray, (B, n_in)
+            Inputs (see :meth:`check_x` for validation).
+        weights : mapping, optional
+            Weights as :meth:`edge_weights` gives them (default: the parameters, cast).
+        slopes : bool
+            Also return ``{node: sigma'(u)}``.
+
+        Returns
+        -------
+        dict or (dict, dict)
+            Activations ``{node: (B, size)}`` (the input included), and with
+            ``slopes=True`` also the slopes of every non-input node.
+        """
+        if weights is None:
+            weights = self.edge_weights(X.dtype)
+        acts = {self.input: X}
+        slope = {}
+        for v in self.nodes:
+            if slopes:
+                acts[v], slope[v] = self.node_forward(v, acts, weights, slope=True)
+            else:
+                acts[v] = self.node_forward(v, acts, weights)
+        return (acts, slope) if slopes else acts
+
     def forward(self, x, dtype=np.float64) -> dict:
         """Activations ``{node: (B, size)}`` of the forward pass (the input included)."""
         X, _ = self.check_x(x)
-        return _forward(self, X.astype(dtype, copy=False))[1]
+        return self.propagate(X.astype(dtype, copy=False))
 
     def predict(self, x) -> np.ndarray:
         """The output a_L for x (same leading shape as x)."""
         X, single = self.check_x(x)
-        out = _forward(self, X)[1][self.output]
+        out = self.propagate(X)[self.output]
         return out[0] if single else out
 
     def loss_value(self, x, y) -> float:
         """The batch loss: mean over samples of C(a_L, y)."""
         X, Y, _ = self.check_xy(x, y)
-        aL = _forward(self, X)[1][self.output]
+        aL = self.propagate(X)[self.output]
         return float(np.mean(self.loss.value(aL, Y)))
 
     # ------------------------------------------------------------------ graph I/O
@@ -525,17 +603,3 @@ def load(path: str | PathLike) -> Network:
             attrs["weight"] = arrays[f"W{k}"]
         G.add_edge(names[i], names[j], **attrs)
     return Network.from_graph(G, loss=desc["loss"])
-
-
-def _forward(net: Network, X: np.ndarray):
-    """Forward pass: (pre-activations u, activations a) as dicts of (B, size) arrays."""
-    dtype = X.dtype
-    a = {net.input: X}
-    u = {}
-    for v in net.nodes:
-        uv = np.broadcast_to(net.bias_vector(v, dtype), (X.shape[0], net.sizes[v])).copy()
-        for p in net.preds[v]:
-            uv += net.edge_forward(p, v, a[p], dtype)
-        u[v] = uv
-        a[v] = net.activations[v].f(uv)
-    return u, a
