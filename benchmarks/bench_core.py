@@ -6,17 +6,24 @@ Times, on one network and one batch (float64, numpy's threads as they are):
 * ``relax parallel``       -- explicit Euler at eta = 1, every neuron updated every step
                               (2L steps: the physical picture);
 * ``relax wavefront``      -- the same relaxation updating only the layers that can change
-                              (same state at step 2L, backprop's cost; target <= 1.3x);
+                              (same state at step 2L, backprop's cost; target <= 1.3x), in
+                              the default exact encoding (state="md");
+* ``relax wavefront xz``   -- the same in the physical encoding (state="xz": the node
+                              voltages x, z are stored and updated);
 * ``relax_continuous``     -- the continuous-time flow integrated to steady state with
                               scipy (DOP853 by default): the ODE reference (slow).
 
 Each is the best of ``--repeats`` runs with ``time.perf_counter`` (the ODE: best of
 ``--ode-repeats``, default 1), taken round robin (every repeat runs every method once, so
-a change in machine load hits all of them alike), reported as a ratio to backprop, with
-the max relative error of its gradients against backprop (``compare(...).max_rel_error``).
+a change in machine load hits all of them alike), reported as a ratio to backprop (best
+over best) together with the range of the per-repeat ratios (each method's time in a
+repeat over backprop's time in the same repeat), and the max relative error of its
+gradients against backprop (``compare(...).max_rel_error``).  ``--threads N`` pins the BLAS
+thread pools (threadpoolctl) to N threads for the whole run.
 
     python benchmarks/bench_core.py                       # 784-256x8-10 tanh, xent, batch 256
     python benchmarks/bench_core.py --skip-ode --repeats 10
+    python benchmarks/bench_core.py --skip-ode --repeats 20 --threads 1
     python benchmarks/bench_core.py --net 784-128x4-10 --batch 64 --json out.json
 """
 
@@ -60,7 +67,10 @@ def run(net_spec="784-256x8-10", batch=256, repeats=5, skip_ode=False, ode_metho
         ("relax parallel", lambda: dyadsim.relax(net, x, y, eta=1.0, schedule="parallel"),
          repeats, f"Euler eta=1, {2 * L} steps"),
         ("relax wavefront", lambda: dyadsim.relax(net, x, y, eta=1.0, schedule="wavefront"),
-         repeats, f"Euler eta=1, {2 * L} steps, wavefront"),
+         repeats, f"Euler eta=1, {2 * L} steps, wavefront, state=md"),
+        ("relax wavefront xz", lambda: dyadsim.relax(net, x, y, eta=1.0, schedule="wavefront",
+                                                     state="xz"),
+         repeats, f"Euler eta=1, {2 * L} steps, wavefront, state=xz"),
     ]
     if not skip_ode:
         methods.append((f"relax_continuous {ode_method}",
@@ -75,15 +85,20 @@ def run(net_spec="784-256x8-10", batch=256, repeats=5, skip_ode=False, ode_metho
     # Round robin: repeat r runs every method once, so that a change in machine load
     # during the run hits all methods alike; each method keeps its best time.
     best = {name: float("inf") for name, *_ in methods}
+    per_repeat = {name: [] for name, *_ in methods}  # ratio to backprop in the same repeat
     outs = {}
     for r in range(max(reps for _, _, reps, _ in methods)):
+        this = {}
         for name, fn, reps, _ in methods:
             if r >= max(1, reps):
                 continue
             log(f"  [{r + 1}] timing {name} ...")
             t0 = time.perf_counter()
             outs[name] = fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
+            this[name] = time.perf_counter() - t0
+            best[name] = min(best[name], this[name])
+        for name, t in this.items():
+            per_repeat[name].append(t / this["backprop"])
 
     rows = []
     ref = outs["backprop"]
@@ -92,7 +107,8 @@ def run(net_spec="784-256x8-10", batch=256, repeats=5, skip_ode=False, ode_metho
         grads = out if name == "backprop" else out.grads
         err = dyadsim.compare(grads, ref).max_rel_error
         row = {"method": name, "seconds": best[name], "repeats": max(1, reps),
-               "max_rel_error": err, "note": note}
+               "max_rel_error": err, "note": note,
+               "ratio_range": [min(per_repeat[name]), max(per_repeat[name])]}
         if hasattr(out, "steps"):
             row["steps"] = int(out.steps)
         if hasattr(out, "t_settle"):
@@ -120,7 +136,8 @@ def run(net_spec="784-256x8-10", batch=256, repeats=5, skip_ode=False, ode_metho
 
 
 def format_table(report: dict) -> str:
-    head = f"{'method':<26} {'best [ms]':>11} {'x backprop':>11} {'max rel err':>12}  note"
+    head = (f"{'method':<26} {'best [ms]':>11} {'x backprop':>11} {'range':>13} "
+            f"{'max rel err':>12}  note")
     lines = [
         f"bench_core: {report['net']} {report['activation']} MLP, loss={report['loss']}, "
         f"batch={report['batch']}, {report['dtype']}, depth L={report['depth']}, "
@@ -130,8 +147,10 @@ def format_table(report: dict) -> str:
         head, "-" * len(head),
     ]
     for r in report["results"]:
+        lo, hi = r["ratio_range"]
+        rng = f"{lo:.2f}-{hi:.2f}"
         lines.append(f"{r['method']:<26} {1e3 * r['seconds']:>11.2f} {r['ratio']:>11.2f} "
-                     f"{r['max_rel_error']:>12.2e}  {r['note']}")
+                     f"{rng:>13} {r['max_rel_error']:>12.2e}  {r['note']}")
     t = report["target"]
     lines.append(f"target: wavefront <= {t['wavefront_over_backprop_max']:.1f}x backprop: "
                  f"{t['wavefront_over_backprop']:.2f}x -> {'met' if t['met'] else 'MISSED'}")
@@ -153,14 +172,28 @@ def main(argv=None) -> int:
     p.add_argument("--activation", default="tanh", help="hidden activation (default tanh)")
     p.add_argument("--loss", default="xent", choices=["xent", "mse"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="pin the BLAS thread pools to this many threads (threadpoolctl)")
     p.add_argument("--json", metavar="OUT.json", help="also write the results as JSON")
     args = p.parse_args(argv)
     if args.batch < 1 or args.repeats < 1 or args.ode_repeats < 1:
         p.error("--batch, --repeats and --ode-repeats must be positive")
 
-    report = run(args.net, args.batch, args.repeats, args.skip_ode, args.ode_method,
-                 args.ode_repeats, args.activation, args.loss, args.seed,
-                 log=lambda s: print(s, file=sys.stderr, flush=True))
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be positive")
+    limiter = None
+    if args.threads is not None:
+        import dyadsim  # noqa: F401  (loads every BLAS library first, so all are limited)
+        from threadpoolctl import threadpool_limits
+
+        limiter = threadpool_limits(limits=args.threads, user_api="blas")
+    try:
+        report = run(args.net, args.batch, args.repeats, args.skip_ode, args.ode_method,
+                     args.ode_repeats, args.activation, args.loss, args.seed,
+                     log=lambda s: print(s, file=sys.stderr, flush=True))
+    finally:
+        if limiter is not None:
+            limiter.unregister()
     print(format_table(report))
     if args.json:
         with open(args.json, "w") as fh:

@@ -183,7 +183,44 @@ def test_compare_json_and_table():
     for name in ("W[input->h1]", "b[output]", "(all parameters)", "rel.error", "norm ratio",
                  "log10 angle"):
         assert name in table
-    assert len(table.splitlines()) == 3 + len(ref) + 1
+    # title, head, rule, worst, pooled, rule, one row per tensor
+    lines = table.splitlines()
+    assert len(lines) == 6 + len(ref)
+    assert lines[3].startswith(f"worst: {cmp.worst.name}") and lines[4].startswith("(all parameters)")
+    assert d["worst"]["name"] == cmp.worst.name
+    assert d["worst"]["rel_error"] == pytest.approx(cmp.max_rel_error)
+
+
+def test_compare_leads_with_the_worst_tensor():
+    """A small tensor off by 1e-3 next to a large exact one: the pooled row hides it
+    (~1e-7), the worst row and max_rel_error show it, and the table prints it first."""
+    rng = np.random.default_rng(11)
+    big = rng.standard_normal((100, 100))
+    small = rng.standard_normal(4)
+    r = {("W", "a", "b"): big, ("b", "b"): small}
+    g = {("W", "a", "b"): big.copy(), ("b", "b"): small * (1 + 1e-3)}
+    cmp = dyadsim.compare(g, r)
+    assert cmp.worst.name == "b[b]" and cmp.worst is cmp.tensors[("b", "b")]
+    assert cmp.worst.rel_error == pytest.approx(1e-3, rel=1e-9)
+    assert cmp.max_rel_error == cmp.worst.rel_error
+    # the pooled error is the small tensor's share of the whole norm
+    want = 1e-3 * np.linalg.norm(small) / np.sqrt(np.sum(big ** 2) + np.sum(small ** 2))
+    assert cmp.summary.rel_error == pytest.approx(want, rel=1e-6)
+    assert cmp.summary.rel_error < 1e-4 < cmp.worst.rel_error
+    lines = cmp.table().splitlines()
+    first_data = lines[3]
+    assert first_data.startswith("worst: b[b]") and "1.000e-03" in first_data
+    assert lines.index(first_data) < next(i for i, l in enumerate(lines) if l.startswith("(all"))
+    d = json.loads(cmp.to_json())
+    assert list(d)[:3] == ["method", "reference", "worst"]
+    assert d["worst"]["name"] == "b[b]"
+
+
+def test_compare_worst_of_nothing():
+    cmp = dyadsim.compare({}, {})
+    assert cmp.worst is None and cmp.max_rel_error == 0.0
+    assert json.loads(cmp.to_json())["worst"] is None
+    assert "worst" not in cmp.table()
 
 
 def test_compare_exact_json_null_angle():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._validate import check_dtype
+from ..errors import ConvergenceError
 from ._gradients import Gradients
 from ._precision import check_finite_grads, check_finite_layers, check_representable
 
@@ -99,11 +100,12 @@ def backprop(net, x, y, dtype=np.float64) -> Gradients:
     """
     dtype = check_dtype(dtype)
     X, Y, _ = net.check_xy(x, y)
-    Xd = X.astype(dtype)
-    Yd = Y.astype(dtype)
+    with np.errstate(over="ignore"):  # an overflowing cast is reported just below
+        Xd = X.astype(dtype)
+        Yd = Y.astype(dtype)
+        weights = net.edge_weights(dtype)
     check_representable("input x", X, Xd)
     check_representable("target y", Y, Yd)
-    weights = net.edge_weights(dtype)
     for (p, v), W in weights.items():
         if W is not None:
             check_representable(f"weight W[{p}->{v}]", net.params[("W", p, v)], W)
@@ -114,9 +116,12 @@ def backprop(net, x, y, dtype=np.float64) -> Gradients:
         for v in reversed(net.nodes):
             d[v] = error_signal(net, v, delta, weights, a[net.output], Yd)
             delta[v] = slope[v] * d[v]
-        check_finite_layers(net, a, d, what="backprop", dtype=dtype)
         loss = float(np.mean(net.loss.value(a[net.output], Yd)))
         grads = param_grads(net, delta, a, weights, B, method="backprop")
-    check_finite_grads(grads, what="backprop", dtype=dtype)
     grads.loss = loss
+    try:  # an overflow anywhere reaches the gradients (inf, or inf * 0 = NaN) or the loss
+        check_finite_grads(grads, what="backprop", dtype=dtype)
+    except ConvergenceError:
+        check_finite_layers(net, a, d, what="backprop", dtype=dtype)  # names the layer
+        raise
     return grads

@@ -14,14 +14,15 @@ Two encodings of the doubled state (docs/theory.md section 7):
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
 from .._validate import (check_bool, check_choice, check_dtype, check_eta, check_int,
                          check_real, checked_call)
-from ..errors import ConvergenceError, DyadsimError
+from ..errors import ConvergenceError, DyadsimError, PrecisionWarning
 from ._backprop import error_signal, param_grads
-from ._precision import (STATES, _layer_extents, _raise_if_nonfinite, _report,
+from ._precision import (STATES, _layer_extents, _raise_if_nonfinite, _report, _user_stacklevel,
                          check_finite_grads, default_accuracy, warn_if_imprecise)
 from ._result import GradientResult
 from ._system import System
@@ -29,6 +30,20 @@ from ._system import System
 __all__ = ["relax", "RelaxResult", "SCHEDULES", "STATES"]
 
 SCHEDULES = ("parallel", "wavefront")
+
+#: ``record=True`` refuses to keep more history than this (two states per step)
+MAX_RECORD_BYTES = 2 * 2**30
+
+
+def _check_record(sysm, n_steps, at=None):
+    """Refuse a history larger than :data:`MAX_RECORD_BYTES` (before it is allocated)."""
+    per = 2 * sysm.B * sysm.n * np.dtype(sysm.dtype).itemsize
+    if (n_steps + 1) * per > MAX_RECORD_BYTES:
+        when = f" (reached at step {at})" if at is not None else ""
+        raise DyadsimError(
+            f"record=True would keep {(n_steps + 1) * per / 2**30:.2f} GiB of history{when}, more "
+            f"than {MAX_RECORD_BYTES / 2**30:g} GiB: record fewer steps (steps=...), a smaller "
+            "batch, or run without record")
 
 
 def _value(v):
@@ -213,8 +228,10 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
         ``max|eta*dd_v| / max|d_v|`` for every layer v (default 1e-12 in float64, float32's
         eps in float32); the run also stops, converged and ``stalled``, when the residual,
         already below sqrt(eps), has not halved for max(50, 10/eta) steps (the rounding
-        floor of the state); only used when ``steps`` is None.  It is also the accuracy the
-        rounding floor is held to (default: :func:`default_accuracy`, 1e-6 in float64).
+        floor of the state; at eta > 1 the threshold sqrt(eps) grows by (eta / (2 - eta))^L, at
+        most 100x, since every layer amplifies the rounding noise there); only used when
+        ``steps`` is None.  It is also the accuracy the rounding floor is held to (default:
+        :func:`default_accuracy`, 1e-6 in float64); a run that stalled above it warns.
     max_steps : int
         The step budget when running to ``tol``.
     record : bool
@@ -250,6 +267,10 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
     record = check_bool("record", record)
     progress = check_bool("progress", progress)
     dtype = check_dtype(dtype)
+    if steps is not None and steps > max_steps and schedule == "parallel":
+        raise DyadsimError(
+            f"steps={steps} exceeds the step budget max_steps={max_steps}; raise max_steps "
+            "to run that long")
     if schedule == "wavefront" and eta != 1.0:
         raise DyadsimError(
             f"the wavefront schedule needs eta = 1 (got {eta}): only then is a layer "
@@ -257,6 +278,9 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
         )
     sysm = System(net, x, y, dtype)
     L = net.depth
+    if record and (steps is not None or eta == 1.0 or schedule == "wavefront"):
+        _check_record(sysm, min(steps, 2 * L) if schedule == "wavefront" and steps is not None
+                      else (2 * L if steps is None else steps))
     accuracy = tol if tol is not None else default_accuracy(dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         if schedule == "wavefront":
@@ -270,9 +294,15 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
     res.info.update({"state": state, "dtype": np.dtype(dtype).name, "accuracy": accuracy,
                      "precision_floor": res.precision.floor,
                      "precision": res.precision.to_dict()})
+    what = f"relax(state={state!r}, dtype={np.dtype(dtype).name}, eta={eta:g})"
     if res.converged:
-        warn_if_imprecise(res.precision, accuracy,
-                          what=f"relax(state={state!r}, dtype={np.dtype(dtype).name})")
+        warn_if_imprecise(res.precision, accuracy, what=what)
+    if res.stalled and res.residual > accuracy:
+        warnings.warn(
+            f"{what}: stalled at the rounding floor of {np.dtype(dtype).name} with a last "
+            f"relative update of {res.residual:.2g}, above the requested accuracy "
+            f"{accuracy:.2g}; fix: use dtype=float64, or an eta closer to 1",
+            PrecisionWarning, stacklevel=_user_stacklevel())
     return res
 
 
@@ -355,7 +385,10 @@ def _relax_parallel(sysm, eta, n_steps, fixed, tol, record, progress, state):
     converged = stalled = False
     best, best_k = np.inf, 0
     stall_window = max(50, int(np.ceil(10.0 / eta)))
-    stall_floor = float(np.sqrt(np.finfo(sysm.dtype).eps))
+    # the rounding noise of the state: ~eps at eta <= 1; at eta > 1 every layer between the
+    # input and the output amplifies it by up to eta / (2 - eta) (capped: 100)
+    amp = min(100.0, max(1.0, eta / (2.0 - eta)) ** sysm.net.depth)
+    stall_floor = float(np.sqrt(np.finfo(sysm.dtype).eps)) * amp
     k = 0
     m, d = a, b
     dd = None
@@ -378,6 +411,8 @@ def _relax_parallel(sysm, eta, n_steps, fixed, tol, record, progress, state):
                 a += dm
                 b += dd
             if record:
+                if not fixed:
+                    _check_record(sysm, k, at=k)
                 hist.append((a.copy(), b.copy()))
             if bar is not None:
                 bar.update(1)

@@ -31,8 +31,11 @@ class System:
             Y = None
         else:
             X, Y, self.single = net.check_xy(x, y)
-        self.X = X.astype(dtype, copy=False)
-        self.Y = None if Y is None else Y.astype(dtype, copy=False)
+        with np.errstate(over="ignore"):  # an overflowing cast is reported just below
+            self.X = X.astype(dtype, copy=False)
+            self.Y = None if Y is None else Y.astype(dtype, copy=False)
+            #: {(src, dst): W in dtype, or None for edges without weights}, input edges included
+            self.weights = net.edge_weights(dtype)
         check_representable("input x", X, self.X)
         if Y is not None:
             check_representable("target y", Y, self.Y)
@@ -41,8 +44,6 @@ class System:
         inp = net.input
         self.slices = {v: net.slice(v) for v in net.nodes}
         self.acts = {v: net.activations[v] for v in net.nodes}
-        #: {(src, dst): W in dtype, or None for edges without weights}, input edges included
-        self.weights = net.edge_weights(dtype)
         for (p, v), W in self.weights.items():
             if W is not None:
                 check_representable(f"weight W[{p}->{v}]", net.params[("W", p, v)], W)

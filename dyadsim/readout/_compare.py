@@ -82,35 +82,62 @@ _key_name = param_name  # the old private name, kept for old imports
 
 @dataclass(frozen=True)
 class Comparison:
-    """Per-tensor metrics (``tensors``, keyed like the gradients) and a global ``summary``
-    over all parameters concatenated.  ``str()`` gives a table, ``to_json()`` JSON."""
+    """The comparison of gradients with a reference.
+
+    Attributes
+    ----------
+    tensors : dict
+        ``{key: TensorMetrics}`` per parameter tensor, keyed like the gradients.
+    summary : TensorMetrics
+        Over all parameters concatenated ("(all parameters)").  Large tensors dominate it:
+        a small tensor that is badly off hardly shows, so it is never the only headline.
+    max_rel_error : float
+        The largest per-tensor relative error (``worst.rel_error``).
+    label, reference_label : str
+    worst : TensorMetrics or None
+        The tensor with the largest relative error (``None`` without tensors); the table
+        and ``to_dict()`` lead with it.
+
+    ``str()`` gives the table, ``to_json()`` JSON.
+    """
 
     tensors: dict
     summary: TensorMetrics
     max_rel_error: float
     label: str = ""
     reference_label: str = ""
+    worst: TensorMetrics | None = None
 
     def to_dict(self) -> dict:
+        """JSON-friendly: the worst tensor first, the pooled summary, every tensor."""
         return {
             "method": self.label,
             "reference": self.reference_label,
+            "worst": None if self.worst is None else self.worst.to_dict(),
             "summary": self.summary.to_dict(),
             "max_rel_error": self.max_rel_error if math.isfinite(self.max_rel_error) else None,
             "tensors": [m.to_dict() for m in self.tensors.values()],
         }
 
     def to_json(self, indent=2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        """:meth:`to_dict` as JSON text (always valid JSON: inf/NaN become null)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     def table(self) -> str:
+        """A text table: the worst tensor and the pooled row first, then every tensor."""
         head = f"{'tensor':<28} {'size':>8} {'rel.error':>11} {'norm ratio':>18} {'log10 angle':>12}"
-        rows = [head, "-" * len(head)]
-        for m in list(self.tensors.values()) + [self.summary]:
-            rows.append(
-                f"{m.name[:28]:<28} {m.size:>8d} {m.rel_error:>11.3e} {m.norm_ratio:>18.15f} "
-                f"{m.log10_angle:>12.2f}"
-            )
+        sep = "-" * len(head)
+
+        def row(m, name=None):
+            name = m.name if name is None else name
+            return (f"{name[:28]:<28} {m.size:>8d} {m.rel_error:>11.3e} {m.norm_ratio:>18.15f} "
+                    f"{m.log10_angle:>12.2f}")
+
+        rows = [head, sep]
+        if self.worst is not None:
+            rows.append(row(self.worst, f"worst: {self.worst.name}"))
+        rows += [row(self.summary), sep]
+        rows += [row(m) for m in self.tensors.values()]
         title = f"{self.label or 'gradients'} vs {self.reference_label or 'reference'}"
         return title + "\n" + "\n".join(rows)
 
@@ -121,8 +148,19 @@ class Comparison:
 def compare(grads, reference, *, label=None, reference_label=None) -> Comparison:
     """Compare gradients with a reference, tensor by tensor and globally.
 
-    Both are mappings from parameter keys to arrays with the same keys and shapes
-    (e.g. ``dyadsim.relax(...).grads`` and ``dyadsim.backprop(...)``).
+    Parameters
+    ----------
+    grads, reference : mapping or GradientResult
+        ``{key: array}`` with the same keys and shapes (e.g. ``dyadsim.relax(...).grads``
+        and ``dyadsim.backprop(...)``); a result is read through its ``.grads``.
+    label, reference_label : str, optional
+        Names for the table (default: the gradients' ``method``).
+
+    Returns
+    -------
+    Comparison
+        Per-tensor metrics, the worst tensor (``worst``, ``max_rel_error``) and the pooled
+        summary; the table leads with the worst tensor.
     """
     if hasattr(grads, "grads") and not isinstance(grads, dict):
         grads = grads.grads
@@ -148,9 +186,11 @@ def compare(grads, reference, *, label=None, reference_label=None) -> Comparison
     flat_g = np.concatenate([np.ravel(grads[k]) for k in reference]) if reference else np.zeros(0)
     flat_r = np.concatenate([np.ravel(reference[k]) for k in reference]) if reference else np.zeros(0)
     summary = _metrics("(all parameters)", flat_g, flat_r)
-    max_rel = max((m.rel_error for m in tensors.values()), default=0.0)
+    worst = max(tensors.values(), key=lambda m: m.rel_error, default=None)
+    max_rel = 0.0 if worst is None else worst.rel_error
     return Comparison(
         tensors, summary, max_rel,
         label or getattr(grads, "method", None) or "",
         reference_label or getattr(reference, "method", None) or "",
+        worst,
     )
