@@ -9,12 +9,12 @@ relaxation into the output folder, and prints the comparison tables.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from ._io import write_json
 from .network import mlp
 from .readout import compare, get_method, plot_relaxation
 
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         print(f"{name:<44} {c.max_rel_error:>15.3e} {c.summary.log10_angle:>12.2f}")
     print()
     print(rows[2][1].table())
-    (out / "comparison.json").write_text(json.dumps({n: c.to_dict() for n, c in rows}, indent=2))
+    write_json(out / "comparison.json", {n: c.to_dict() for n, c in rows})
     print(f"\nwrote {out}/: demo_op.cir, demo_tran.cir, demo_net.npz, comparison.json, relaxation.png")
     worst = max(c.max_rel_error for _, c in rows)
     if worst > 1e-6:

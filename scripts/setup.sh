@@ -25,7 +25,7 @@ MSG
   $SUDO apt-get install -y -qq ngspice libngspice0-dev >/dev/null
 fi
 
-if ! $PY -c "import dyadsim, pytest, hypothesis, nbclient, ipykernel" >/dev/null 2>&1 \
+if ! $PY -c "import dyadsim, pytest, hypothesis, nbclient, ipykernel, pytest_randomly, importlinter, sphinx, myst_parser" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .setup-stamp ]; then
   echo "setup: pip install -e .[test]"
   $PY -m pip install -q --disable-pip-version-check -e ".[test]"

@@ -13,11 +13,16 @@ Generators (plain functions, importable as ``from conftest import ...``):
 Hypothesis profiles: ``ci`` (default: ``deadline=None``, 25 examples, derandomized so
 CI is reproducible) and ``dev`` (more examples, random).  Select with
 ``HYPOTHESIS_PROFILE=dev`` or ``pytest --hypothesis-profile=dev``.
+
+``--without=MODULE`` (repeatable, e.g. ``--without=torch``) runs the suite as if an
+optional extra were not installed: ``import MODULE`` raises ImportError, so only the tests
+that need it skip.  Random order: ``-p randomly`` (pytest-randomly, off by default).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +31,43 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 import dyadsim
+
+# ----------------------------------------------------------------------------- options
+def pytest_addoption(parser):
+    parser.addoption("--without", action="append", default=[], metavar="MODULE",
+                     help="run as if MODULE (an optional extra, e.g. torch) were not installed")
+
+
+class _Hide:
+    """A meta-path finder that makes ``import name`` (and its submodules) fail as if the
+    package were not installed.  (Putting ``None`` in ``sys.modules`` instead confuses
+    libraries that probe ``sys.modules`` for optional packages, scipy's array API layer.)"""
+
+    def __init__(self, names):
+        self.names = tuple(names)
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {fullname!r} (hidden by --without)",
+                                      name=fullname)
+        return None
+
+
+def pytest_configure(config):
+    names = config.getoption("without")
+    if not names:
+        return
+    loaded = [n for n in names if n in sys.modules]
+    if loaded:
+        raise pytest.UsageError(f"--without: {', '.join(loaded)} was imported before the tests "
+                                "started and cannot be hidden")
+    sys.meta_path.insert(0, _Hide(names))
+
+
+def pytest_report_header(config):
+    hidden = config.getoption("without")
+    return f"hidden optional modules: {', '.join(hidden)}" if hidden else None
+
 
 # ----------------------------------------------------------------------------- hypothesis
 settings.register_profile(

@@ -171,3 +171,29 @@ def test_train_argument_errors_are_dyadsim_errors(tmp_path):
                       ({"checkpoint_dir": blocker / "x"}, "cannot create checkpoint_dir")]:
         with pytest.raises(DyadsimError, match=match):
             dyadsim.train(net.copy(), data, epochs=1, **{"progress": False, **kw})
+
+
+def test_cli_montecarlo_csv_checked_before_runs_and_all_failed_is_an_error(tmp_path, capsys):
+    from dyadsim.cli import main
+
+    blocker = tmp_path / "f"
+    blocker.write_text("")
+    args = ["montecarlo", "--net", "3-3-2", "--runs", "2", "--workers", "1", "--no-progress"]
+    assert main(args + ["--csv", str(blocker / "mc.csv")]) == 2
+    assert "cannot write to" in capsys.readouterr().err
+    # op-amp gain exists only in the device dialect: every run fails for a set-up reason
+    status = main(args + ["--amp-gain", "1e4", "--json"])
+    captured = capsys.readouterr()
+    assert status != 0 and "all 2 Monte Carlo runs failed" in captured.err
+    json.loads(captured.out)  # the JSON summary is still printed, and valid
+
+
+def test_dead_scheduler_is_a_clear_error(monkeypatch):
+    from dyadsim.montecarlo import Mismatch, monte_carlo
+    from dyadsim.montecarlo import _engine
+
+    monkeypatch.setattr(_engine._Engine, "connect_timeout", 1.0)
+    net = dyadsim.mlp("3-3-2", seed=0)
+    with pytest.raises(DyadsimError, match="cannot reach the Dask scheduler"):
+        monte_carlo(net, np.ones((1, 3)), np.zeros((1, 2)), nonidealities=[Mismatch(0.01)],
+                    runs=2, scheduler="tcp://127.0.0.1:1", progress=False)

@@ -192,11 +192,14 @@ def test_cnn_trained_with_dbp_follows_backprop_on_digits():
         np.testing.assert_allclose(ne.params[k], nb.params[k], rtol=1e-9, atol=1e-12)
 
 
-# ---------------------------------------------------------------- PyTorch
-torch = pytest.importorskip("torch")
+# ---------------------------------------------------------------- PyTorch (optional extra)
+@pytest.fixture
+def torch():
+    """PyTorch, or a skip of only the test that asks for it (``--without=torch`` hides it)."""
+    return pytest.importorskip("torch")
 
 
-def _torch_model(seed):
+def _torch_model(torch, seed):
     torch.manual_seed(seed)
     return torch.nn.Sequential(
         torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.Tanh(), torch.nn.AvgPool2d(2),
@@ -207,8 +210,8 @@ def _torch_model(seed):
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("loss", ["mse", "xent"])
-def test_import_matches_autograd_and_relax(seed, loss):
-    model = _torch_model(seed)
+def test_import_matches_autograd_and_relax(torch, seed, loss):
+    model = _torch_model(torch, seed)
     net = dyadsim.from_torch(model, (1, 8, 8), loss=loss)
     rng = np.random.default_rng(seed)
     x = rng.random((5, 1, 8, 8))
@@ -234,8 +237,8 @@ def test_import_matches_autograd_and_relax(seed, loss):
     assert dyadsim.compare(r.grads, ref).max_rel_error <= 1e-10
 
 
-def test_export_round_trip():
-    model = _torch_model(0)
+def test_export_round_trip(torch):
+    model = _torch_model(torch, 0)
     net = dyadsim.from_torch(model, (1, 8, 8), loss="xent")
     x = torch.tensor(np.random.default_rng(1).random((3, 1, 8, 8)))
     built = dyadsim.to_torch(net)
@@ -246,7 +249,7 @@ def test_export_round_trip():
     np.testing.assert_allclose(model(x).detach().numpy(), net.predict(x.numpy()), atol=1e-13)
 
 
-def test_unsupported_layers_are_named():
+def test_unsupported_layers_are_named(torch):
     with pytest.raises(DyadsimError, match="MaxPool2d"):
         dyadsim.from_torch(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.MaxPool2d(2)), (1, 8, 8))
     with pytest.raises(DyadsimError, match="Flatten"):

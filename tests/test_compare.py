@@ -1,4 +1,4 @@
-"""Precision metrics (THEORY.md section 5): per-tensor relative error, norm ratio and
+"""Precision metrics (docs/theory.md, section 5): per-tensor relative error, norm ratio and
 misalignment angle against closed-form cases; JSON and table output; bad input."""
 
 from __future__ import annotations

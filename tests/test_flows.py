@@ -1,4 +1,4 @@
-"""The energy and the saddle flows (THEORY.md section 2), checked by finite differences:
+"""The energy and the saddle flows (docs/theory.md, section 2), checked by finite differences:
 flow = (+dE/dx, -dE/dz); flow_md is the same flow in (m, d); flow_jacobian is the
 Jacobian of flow (single sample and batch, in the ordering its docstring documents)."""
 

@@ -3,7 +3,7 @@
 Stages, bottom first (a module may import only from its own subpackage or from a stage
 *below* its own; two subpackages of one stage are independent of each other)::
 
-    errors, _validate, _util  <  network, datasets  <  dynamics  <  circuits  <  simulator
+    errors, _validate, _util, _io  <  network, datasets  <  dynamics  <  circuits  <  simulator
       <  readout  <  training, montecarlo  <  experiments  <  cli  <  demo
 
 and, for every module of the package:
@@ -39,7 +39,7 @@ PACKAGE = "dyadsim"
 #: bottom first; a set is one stage.  The first stage is one group: its modules are the
 #: package's shared internals and may import each other.
 STAGES = (
-    {"errors", "_validate", "_util"},
+    {"errors", "_validate", "_util", "_io"},
     {"network", "datasets"},
     {"dynamics"},
     {"circuits"},

@@ -465,3 +465,108 @@ def test_one_d_target_with_batched_input_is_handled():
         ref = dyadsim.backprop(net, x, y[None])
         for k in ref:
             np.testing.assert_array_equal(g[k], ref[k])
+
+
+# ----------------------------------------------------------------------------- atomic files
+def test_interrupted_save_keeps_the_old_file(tmp_path, monkeypatch):
+    old = dyadsim.mlp("3-4-2", seed=0)
+    path = old.save(tmp_path / "net.npz")
+    before = path.read_bytes()
+    real_savez = np.savez
+
+    def savez_then_ctrl_c(fh, **arrays):
+        fh.write(b"PK\x03\x04 half a checkpoint")  # some bytes reach the file ...
+        raise KeyboardInterrupt  # ... then the user presses Ctrl-C
+
+    monkeypatch.setattr(np, "savez", savez_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        dyadsim.mlp("3-4-2", seed=1).save(path)
+    monkeypatch.setattr(np, "savez", real_savez)
+    assert path.read_bytes() == before  # the old network, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["net.npz"]  # and no temporary file
+    again = dyadsim.load(path)
+    np.testing.assert_array_equal(again.weight("input", "h1"), old.weight("input", "h1"))
+    new = dyadsim.mlp("3-4-2", seed=1)
+    new.save(path)
+    np.testing.assert_array_equal(dyadsim.load(path).weight("input", "h1"), new.weight("input", "h1"))
+
+
+def test_atomic_write_contract(tmp_path):
+    import os
+    import stat
+
+    from dyadsim._io import atomic_write
+
+    target = tmp_path / "a.txt"
+    with atomic_write(target) as fh:
+        fh.write("héllo\n")
+    assert target.read_bytes() == "héllo\n".encode("utf-8")
+    os.chmod(target, 0o640)
+    with atomic_write(target, "wb") as fh:
+        fh.write(b"\x00\x01")
+    assert target.read_bytes() == b"\x00\x01"
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o640  # the old file's permissions
+    with pytest.raises(RuntimeError, match="midway"):
+        with atomic_write(target) as fh:
+            fh.write("partial")
+            raise RuntimeError("midway")
+    assert target.read_bytes() == b"\x00\x01" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+    with user_error("mode"):
+        with atomic_write(target, "a"):
+            pass
+    with pytest.raises(OSError) as info:
+        with atomic_write(tmp_path / "no" / "such" / "dir.txt"):
+            pass
+    assert info.value.filename == str(tmp_path / "no" / "such" / "dir.txt")
+
+
+def test_check_output_path(tmp_path):
+    from dyadsim._io import check_output_path, read_text
+
+    assert check_output_path(tmp_path / "new" / "deeper" / "f.npz") == tmp_path / "new" / "deeper" / "f.npz"
+    (tmp_path / "file").write_text("x")
+    with user_error("is a file, not a folder"):
+        check_output_path(tmp_path / "file" / "f.npz", "--out")
+    with user_error("is a folder"):
+        check_output_path(tmp_path, "--out")
+    with user_error("does not exist"):
+        check_output_path(tmp_path / "missing" / "f.npz", make_parents=False)
+    (tmp_path / "latin1").write_bytes(b"caf\xe9\n")
+    with user_error(r"not UTF-8 text: byte 0xe9 at offset 3 \(line 1\)"):
+        read_text(tmp_path / "latin1", "netlist file")
+
+
+# ----------------------------------------------------------------------------- edge settings
+@pytest.mark.parametrize("attrs, match", [
+    ({"op": "avgpool2d", "stride": 0}, "stride must be >= 1"),
+    ({"op": "avgpool2d", "kernel_size": 0}, "kernel_size must be >= 1"),
+    ({"op": "avgpool2d", "kernel_size": 2.5}, "int or a pair"),
+    ({"op": "avgpool2d", "kernel_size": True}, "int or a pair"),
+    ({"op": "avgpool2d", "kernel_size": (2, 2, 2)}, "int or a pair"),
+    ({"op": "avgpool2d", "padding": -1}, "padding must be >= 0"),
+    ({"op": "avgpool2d", "padding": 10**6}, "destination has size 4"),
+    ({"op": "avgpool2d", "stride": "2"}, "int or a pair"),
+    ({"op": "conv2d", "weight": np.ones((1, 1, 3, 3)), "padding": 3000}, "destination has size 4"),
+    ({"op": "conv2d", "weight": np.ones((1, 1, 3, 3)), "stride": (1, 0)}, "stride must be >= 1"),
+    ({"op": "conv2d", "weight": np.ones((1, 1, 0, 3))}, "kernel_size must be >= 1"),
+    ({"op": "maxpool"}, "unknown op"),
+])
+def test_bad_window_settings(attrs, match):
+    G = nx.DiGraph()
+    G.add_node("in", size=16, shape=(1, 4, 4))
+    G.add_node("out", size=4, shape=(1, 2, 2), activation="tanh")
+    G.add_edge("in", "out", **attrs)
+    with user_error(match):
+        dyadsim.Network.from_graph(G)
+
+
+def test_integral_float_window_settings_are_accepted():
+    G = nx.DiGraph()
+    G.add_node("in", size=16, shape=(1, 4, 4))
+    G.add_node("out", size=4, shape=(1, 2, 2), activation="tanh")
+    G.add_edge("in", "out", op="avgpool2d", kernel_size=2.0, stride=np.int64(2))
+    net = dyadsim.Network.from_graph(G)
+    x = np.arange(16.0)
+    # the mean of each 2x2 block, computed here without dyadsim
+    blocks = x.reshape(2, 2, 2, 2).transpose(0, 2, 1, 3).reshape(4, 4).mean(axis=1)
+    np.testing.assert_allclose(net.forward(x[None])["out"][0], np.tanh(blocks))

@@ -1,4 +1,4 @@
-"""DBP's discrete relaxation (explicit Euler on the saddle flow), THEORY.md section 4.
+"""DBP's discrete relaxation (explicit Euler on the saddle flow), docs/theory.md, section 4.
 
 * eta = 1: the readout equals backprop to rounding at step 2L exactly (parallel and
   wavefront schedules) and is measurably wrong at step 2L - 1 -- both sides of the

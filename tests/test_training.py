@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -403,10 +404,24 @@ def test_run_experiment_errors(tmp_path):
 
 
 def test_lazy_experiment_exports():
-    import dyadsim.training as tr
+    """In a fresh interpreter: in this one an earlier test may have imported the
+    experiments submodule already, which hid a lazy ``__getattr__`` that re-entered itself
+    (RecursionError)."""
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    assert tr.EXPERIMENTS is tr.experiments.EXPERIMENTS
-    assert callable(tr.run_experiment)
+    code = ("import dyadsim.training as tr\n"
+            "assert callable(tr.run_experiment)\n"
+            "assert tr.EXPERIMENTS is tr.experiments.EXPERIMENTS\n"
+            "ns = {}\n"
+            "exec('from dyadsim.training import *', ns)\n"
+            "assert callable(ns['run_experiment'])\n")
+    root = str(Path(dyadsim.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -1,10 +1,10 @@
-"""Network -> circuit IR -> ngspice netlist (THEORY.md section 6).
+"""Network -> circuit IR -> ngspice netlist (docs/theory.md, section 6).
 
 Per neuron j of layer v (and per sample b when several samples share a netlist):
 
 * two state nodes ``x``, ``z``, each with a capacitor ``cap`` and a resistor ``1/g`` to
   ground and one behavioural current source.  Since ``-m - d/2 = -x`` and
-  ``-m + d/2 = -z``, the saddle flow of THEORY.md section 2 is, node by node,
+  ``-m + d/2 = -z``, the saddle flow of docs/theory.md, section 2 is, node by node,
 
       cap dV(x)/dt = g [ sigma(V(u)) + (V(r) + c)/2 - V(x) ]
       cap dV(z)/dt = g [ sigma(V(u)) - (V(r) + c)/2 - V(z) ]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import atomic_write
 from ..errors import DyadsimError
 from ._ir import Analysis, Circuit, Kind, Param
 
@@ -194,12 +195,23 @@ class Netlist:
         """(x_node, z_node) of neuron i of a layer."""
         return self.node_map[(sample, layer, i)]
 
+    @property
+    def readout_nodes(self) -> tuple:
+        """The nodes whose voltages the gradient readout reads: inputs, targets, x, z and u
+        of every neuron, and the gain/tau references.  ``simulate`` keeps only these
+        (``.save``) unless asked for everything (``save="all"``)."""
+        nodes = [*self.input_nodes.values(), *self.target_nodes.values()]
+        for key, (xn, zn) in self.node_map.items():
+            nodes += [xn, zn, self.aux_map[key]["u"]]
+        return tuple(dict.fromkeys(nodes + [GAIN_NODE, TAU_NODE]))
+
     def write(self, path) -> Path:
         """Write the netlist text to ``path`` (a file name chosen by the caller; it never
-        enters the netlist)."""
+        enters the netlist), atomically: an interrupted write leaves the old file."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.text)
+        with atomic_write(path) as fh:
+            fh.write(self.text)
         self.path = path
         return path
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from .._io import to_jsonable
 from ..network import param_name
 from ..readout import METHODS as _REGISTRY
 
@@ -132,21 +133,7 @@ def _nan_to_none(x):
     return None if (isinstance(x, float) and not np.isfinite(x)) else x
 
 
-def _jsonable(obj):
-    """Plain JSON values (no NaN/inf, no numpy scalars) for info dicts."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return _json_number(obj)
-    if obj is None or isinstance(obj, str):
-        return obj
-    return repr(obj)
+_jsonable = to_jsonable
 
 
 @cli.command()

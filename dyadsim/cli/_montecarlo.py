@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 
 import click
 
-from ._main import build_network, cli, net_options, random_batch
+from .._io import atomic_write, to_jsonable
+from ._main import build_network, check_output_file, cli, net_options, random_batch
 
 
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+_json_safe = to_jsonable
 
 
 @cli.command()
@@ -62,19 +55,23 @@ def montecarlo(net_spec, activation, output_activation, loss, seed, batch, misma
     nonidealities = [Mismatch(mismatch), Quantization(bits), WireResistance(wire_ohms),
                      AmplifierNonideal(amp_gain, amp_offset), ThermalNoise(noise_temperature)]
     nonidealities = [ni for ni in nonidealities if not ni.is_zero]
+    if csv_path:
+        check_output_file(csv_path, "--csv")  # before the runs, not after them
     net = build_network(net_spec, activation, output_activation, loss, seed)
     x, y = random_batch(net, batch, seed)
     res = monte_carlo(net, x, y, nonidealities=nonidealities, runs=runs, dialect=dialect,
                       scheduler=scheduler, workers=workers, seed=seed, progress=progress,
                       timeout=timeout, analysis=analysis)
     if csv_path:
-        res.table.to_csv(csv_path, index=False)
+        with atomic_write(csv_path, "w", newline="") as fh:
+            res.table.to_csv(fh, index=False)
     summary = res.summary()
     summary["network"] = {"sizes": [net.sizes[v] for v in (net.input,) + net.nodes],
                           "activation": activation, "loss": net.loss.name, "batch": batch}
     summary["info"] = {k: v for k, v in res.info.items()}
     if as_json:
-        click.echo(json.dumps(_json_safe(summary), indent=2))
+        click.echo(json.dumps(_json_safe(summary), indent=2, allow_nan=False))
+        _exit_if_nothing_succeeded(summary)
         return
     click.echo(net.summary())
     click.echo(f"dialect {dialect}, analysis {analysis}, non-idealities: "
@@ -86,7 +83,10 @@ def montecarlo(net_spec, activation, output_activation, loss, seed, batch, misma
     click.echo("-" * len(head))
 
     def fmt(v, spec):
-        return format(v, spec) if v is not None else "n/a"
+        if v is None:  # as wide as the number it stands for, so the columns stay aligned
+            width = int("".join(ch for ch in spec.split(".")[0] if ch.isdigit()) or 0)
+            return "n/a".rjust(width)
+        return format(v, spec)
 
     for name, d in summary["tensors"].items():
         click.echo(f"{name[:24]:<24} {fmt(d['angle_mean'], '17.4e')} {fmt(d['angle_std'], '11.3e')} "
@@ -96,3 +96,11 @@ def montecarlo(net_spec, activation, output_activation, loss, seed, batch, misma
     if len(summary["failures"]) > 10:
         click.echo(f"  ... and {len(summary['failures']) - 10} more failed runs", err=True)
     sys.stdout.flush()
+    _exit_if_nothing_succeeded(summary)
+
+
+def _exit_if_nothing_succeeded(summary):
+    if summary["runs"] and summary["failed"] >= summary["runs"]:
+        first = summary["failures"][0]["error"] if summary["failures"] else "unknown"
+        raise click.ClickException(
+            f"all {summary['runs']} Monte Carlo runs failed; the first: {first}")

@@ -7,7 +7,41 @@ from pathlib import Path
 
 import click
 
+from .._io import check_output_path, read_text
 from ._main import build_network, cli, net_options, random_batch
+
+#: The largest input a converted model may take (neurons of one sample).
+MAX_INPUT_SIZE = 10_000_000
+
+
+def _npz_path(path: Path) -> Path:
+    """Where ``Network.save(path)`` writes (it appends ``.npz`` to any other suffix)."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        return path
+    return path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+
+
+def _input_shape(text: str) -> tuple:
+    """``"1,8,8"``, ``"1x8x8"`` or ``"64"`` -> a tuple of positive ints."""
+    parts = [p.strip() for p in text.replace("x", ",").split(",")]
+    if not text.strip() or any(not p for p in parts):
+        raise click.BadParameter(f"cannot read {text!r}; give the shape of one sample, e.g. 1,8,8 or 64",
+                                 param_hint="--input-shape")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise click.BadParameter(f"cannot read {text!r}; use e.g. 1,8,8", param_hint="--input-shape") from None
+    if min(shape) < 1 or len(shape) > 3:
+        raise click.BadParameter(f"{text!r}: one to three positive sizes (C,H,W or N), e.g. 1,8,8",
+                                 param_hint="--input-shape")
+    size = 1
+    for d in shape:
+        size *= d
+    if size > MAX_INPUT_SIZE:
+        raise click.BadParameter(f"{text!r} is {size} inputs, more than {MAX_INPUT_SIZE}",
+                                 param_hint="--input-shape")
+    return shape
 
 
 @cli.command()
@@ -24,6 +58,9 @@ def netlist(net_spec, activation, output_activation, loss, seed, batch, out, ana
     """Compile a network and a random batch into an ngspice netlist."""
     from ..circuits import compile_netlist
 
+    check_output_path(out, "--out")
+    if save_network:
+        check_output_path(_npz_path(save_network), "--save-network")
     net = build_network(net_spec, activation, output_activation, loss, seed)
     x, y = random_batch(net, batch, seed)
     nl = compile_netlist(net, x, y, analysis=analysis, gain=gain, tau=tau)
@@ -47,7 +84,12 @@ def netlist(net_spec, activation, output_activation, loss, seed, batch, out, ana
 @click.option("--plot", "plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG of the relaxation (tran) -- needs --net.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-def simulate(netlist_file, analysis, backend, timeout, net_file, plot, as_json):
+@click.option("--allow-control", is_flag=True,
+              help="Run netlists that make ngspice run commands or touch files (.control blocks, "
+                   "'*#' lines, shell, includes from outside the netlist's folder, XSPICE models "
+                   "that read files), which are refused by default.  ngspice can then do anything "
+                   "you can: only for netlists you trust.")
+def simulate(netlist_file, analysis, backend, timeout, net_file, plot, as_json, allow_control):
     """Run a netlist in ngspice; with --net, read out gradients and compare with backprop."""
     from ..dynamics import backprop
     from ..network import load
@@ -55,18 +97,25 @@ def simulate(netlist_file, analysis, backend, timeout, net_file, plot, as_json):
     from ..readout import settling_time
     from ..simulator import simulate as run_ngspice
 
-    text = netlist_file.read_text()
+    text = read_text(netlist_file, "netlist file")
     if analysis is None:
         analysis = "tran" if any(l.strip().lower().startswith(".tran") for l in text.splitlines()) else "op"
-    res = run_ngspice(netlist_file, analysis=analysis, backend=backend, timeout=timeout)
+    if plot is not None:  # misuse is reported before the simulation runs
+        if net_file is None:
+            raise click.UsageError("--plot needs --net (the network the netlist came from)")
+        if analysis != "tran":
+            raise click.UsageError("--plot needs a transient (--analysis tran)")
+        check_output_path(plot, "--plot")
+    net = load(net_file) if net_file is not None else None
+    res = run_ngspice(netlist_file, analysis=analysis, backend=backend, timeout=timeout,
+                      allow_control=allow_control)
     out = {"netlist": str(netlist_file), "analysis": analysis, "backend": res.backend}
     if analysis == "tran":
         out["points"] = int(len(res.time))
         out["t_stop_s"] = float(res.time[-1])
     else:
         out["nodes"] = len(res.voltages)
-    if net_file is not None:
-        net = load(net_file)
+    if net is not None:
         grads = readout(net, res)
         final = res.final() if analysis == "tran" else res
         states = circuit_states(net, final)
@@ -77,12 +126,8 @@ def simulate(netlist_file, analysis, backend, timeout, net_file, plot, as_json):
             tr = relaxation_trace(net, res)
             out["t_settle_tau"] = settling_time(tr["t"], tr["grad_error"], 1e-6)
         if plot is not None:
-            if analysis != "tran":
-                raise click.UsageError("--plot needs a transient (--analysis tran)")
             plot_relaxation(net, res, path=plot)
             out["plot"] = str(plot)
-    elif plot is not None:
-        raise click.UsageError("--plot needs --net (the network the netlist came from)")
     if as_json:
         click.echo(json.dumps(out, indent=2))
         return
@@ -107,14 +152,12 @@ def import_torch(model_file, input_shape, loss, out):
     from ..errors import DyadsimError
     from ..network import from_torch
 
+    shape = _input_shape(input_shape)
+    check_output_path(_npz_path(out), "--out")
     try:
         import torch
     except ImportError:
         raise DyadsimError("PyTorch is not installed: pip install 'dyadsim[torch]'") from None
-    try:
-        shape = tuple(int(s) for s in input_shape.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        raise click.BadParameter(f"cannot read {input_shape!r}; use e.g. 1,8,8", param_hint="--input-shape")
     try:
         model = torch.load(model_file, weights_only=False, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - report any unpickling failure clearly

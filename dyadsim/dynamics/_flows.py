@@ -1,4 +1,4 @@
-"""The energy E(x, z) and the saddle flows, as public functions (THEORY.md section 2)."""
+"""The energy E(x, z) and the saddle flows, as public functions (docs/theory.md, section 2)."""
 
 from __future__ import annotations
 

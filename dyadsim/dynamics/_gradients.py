@@ -1,4 +1,4 @@
-"""The gradients container and the readout from a relaxed state (THEORY.md section 3)."""
+"""The gradients container and the readout from a relaxed state (docs/theory.md, section 3)."""
 
 from __future__ import annotations
 

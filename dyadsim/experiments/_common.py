@@ -6,12 +6,12 @@ Internal to :mod:`dyadsim.experiments`.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from .._io import atomic_write, save_figure, write_json
 from ..errors import DyadsimError
 
 #: The article's network: a depth-9 tanh MLP on 8x8 digits (64 inputs, 8 hidden layers
@@ -30,8 +30,7 @@ def _figure(nrows=1, ncols=1, size=(6.4, 4.0)):
 
 
 def _save_fig(fig, path, dpi=100):
-    fig.savefig(path, dpi=dpi)
-    return Path(path)
+    return save_figure(fig, path, dpi=dpi)
 
 
 def _out_dir(out_dir) -> Path:
@@ -43,7 +42,7 @@ def _out_dir(out_dir) -> Path:
 
 
 def _write_csv(path, header, rows, comments=()):
-    with open(path, "w", newline="") as fh:
+    with atomic_write(path, "w", newline="") as fh:
         for c in comments:
             fh.write(f"# {c}\n")
         w = csv.writer(fh, lineterminator="\n")
@@ -62,23 +61,7 @@ def _finite(v):
 
 
 def _write_json(path, obj):
-    def clean(o):
-        if isinstance(o, dict):
-            return {str(k): clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        if isinstance(o, (np.integer,)):
-            return int(o)
-        if isinstance(o, (float, np.floating)):
-            return _finite(o)
-        if isinstance(o, (np.bool_,)):
-            return bool(o)
-        if isinstance(o, Path):
-            return str(o)
-        return o
-
-    Path(path).write_text(json.dumps(clean(obj), indent=2) + "\n")
-    return Path(path)
+    return write_json(path, obj)
 
 
 def _seed_list(seeds, default):

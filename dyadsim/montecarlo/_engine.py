@@ -21,6 +21,9 @@ class _Engine:
     A task whose Dask future itself fails (a worker died) gives ``on_error(index, exc)``.
     """
 
+    #: seconds to wait for a remote scheduler to answer before giving up
+    connect_timeout = 10.0
+
     def __init__(self, scheduler=None, workers=None, progress=True):
         self.scheduler = scheduler
         self.workers = workers
@@ -53,7 +56,13 @@ class _Engine:
             self.own, self.kind = True, f"LocalCluster({n} workers)"
             return self
         if isinstance(sch, str) and re.fullmatch(r"[A-Za-z0-9+.:/\[\]_-]{1,300}", sch):
-            self.client = Client(sch, timeout="30s")
+            try:
+                self.client = Client(sch, timeout=f"{self.connect_timeout:g}s")
+            except (OSError, TimeoutError) as exc:
+                raise DyadsimError(
+                    f"cannot reach the Dask scheduler at {sch!r} within {self.connect_timeout:g} s "
+                    f"({type(exc).__name__}: {exc}); is it running? (scheduler=None starts a "
+                    "local cluster)") from None
             self.own, self.kind = True, f"cluster at {sch}"
             return self
         raise DyadsimError(

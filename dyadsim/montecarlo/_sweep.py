@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._io import save_figure
 from ..errors import DyadsimError
 from ._engine import _Engine
 from ._result import ALL_TENSORS
@@ -105,5 +106,5 @@ def plot_sweep(result: SweepResult, path=None, *, title=None, logx=None):
                           f"{failed} failed; mean +- 1 std)", fontsize=10)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path, dpi=120)
     return fig

@@ -18,7 +18,8 @@ import scipy.sparse as sp
 
 from ..errors import DyadsimError
 
-__all__ = ["EdgeOp", "Dense", "Conv2d", "AvgPool2d", "EDGE_OPS", "make_edge_op"]
+__all__ = ["EdgeOp", "Dense", "Conv2d", "AvgPool2d", "EDGE_OPS", "make_edge_op", "window_out_shape",
+           "MAX_CONNECTIONS"]
 
 
 class EdgeOp:
@@ -99,14 +100,33 @@ class _Indexed(EdgeOp):
                            ).reshape(self.weight_shape).astype(delta.dtype, copy=False)
 
 
-def _pair(v, name):
+#: The most connections (weight uses) one structured edge may have: its index maps hold
+#: three int64 per connection, and building them takes about 60 bytes per connection.
+MAX_CONNECTIONS = 200_000_000
+
+
+def _int(v, name) -> int:
+    if isinstance(v, (bool, np.bool_)):
+        raise DyadsimError(f"{name} must be an int or a pair of ints, got {v!r}")
     if isinstance(v, (int, np.integer)):
-        return int(v), int(v)
+        return int(v)
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return int(v)
+    raise DyadsimError(f"{name} must be an int or a pair of ints, got {v!r}")
+
+
+def _pair(v, name):
+    """An int or a pair of ints (bools, non-integral numbers and other lengths refused)."""
+    if isinstance(v, (str, bytes)):
+        raise DyadsimError(f"{name} must be an int or a pair of ints, got {v!r}")
     try:
-        a, b = v
-        return int(a), int(b)
-    except (TypeError, ValueError):
-        raise DyadsimError(f"{name} must be an int or a pair of ints, got {v!r}") from None
+        items = list(v)
+    except TypeError:
+        x = _int(v, name)
+        return x, x
+    if len(items) != 2:
+        raise DyadsimError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return _int(items[0], name), _int(items[1], name)
 
 
 def _out_size(n, k, s, p, what):
@@ -116,6 +136,60 @@ def _out_size(n, k, s, p, what):
     return o
 
 
+def _check_window(what, kernel, stride, padding):
+    kh, kw = kernel
+    sh, sw = stride
+    ph, pw = padding
+    if min(kh, kw) < 1:
+        raise DyadsimError(f"{what}: kernel_size must be >= 1, got {kernel}")
+    if min(sh, sw) < 1:
+        raise DyadsimError(f"{what}: stride must be >= 1, got {stride}")
+    if min(ph, pw) < 0:
+        raise DyadsimError(f"{what}: padding must be >= 0, got {padding}")
+
+
+def _check_connections(what, count):
+    if count > MAX_CONNECTIONS:
+        raise DyadsimError(
+            f"{what} would have {count} connections, more than the {MAX_CONNECTIONS} one edge may "
+            "have (check its padding, stride and kernel size)")
+
+
+def window_out_shape(kind, in_shape, kernel_size, stride=None, padding=0, out_channels=None):
+    """Output (C, H, W) of a conv2d/avgpool2d edge, validated, without building it.
+
+    Parameters
+    ----------
+    kind : ``"conv2d"`` or ``"avgpool2d"``.
+    in_shape : the source's (C, H, W).
+    kernel_size, stride, padding : ints or pairs (stride None: conv 1, pooling the kernel).
+    out_channels : conv2d only.
+
+    Returns
+    -------
+    (tuple, int)
+        The output shape and the number of connections (weight uses) of the edge.
+    """
+    in_shape = tuple(_int(v, "in_shape") for v in in_shape)
+    if len(in_shape) != 3 or min(in_shape) < 1:
+        raise DyadsimError(f"{kind} needs a (C, H, W) input shape of positive sizes, got {in_shape!r}")
+    C, H, Wd = in_shape
+    kh, kw = _pair(kernel_size, "kernel_size")
+    if stride is None:
+        stride = 1 if kind == "conv2d" else (kh, kw)
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    _check_window(kind, (kh, kw), (sh, sw), (ph, pw))
+    Ho = _out_size(H, kh, sh, ph, kind)
+    Wo = _out_size(Wd, kw, sw, pw, kind)
+    if kind == "conv2d":
+        co = _int(out_channels, "out_channels")
+        if co < 1:
+            raise DyadsimError(f"conv2d: out_channels must be >= 1, got {co}")
+        return (co, Ho, Wo), co * Ho * Wo * C * kh * kw
+    return (C, Ho, Wo), C * Ho * Wo * kh * kw
+
+
 class Conv2d(_Indexed):
     """2-D cross-correlation (PyTorch's Conv2d): weight (C_out, C_in, kh, kw), stride,
     zero padding; input (C_in, H, W) -> output (C_out, H_out, W_out), all flattened."""
@@ -123,17 +197,14 @@ class Conv2d(_Indexed):
     kind = "conv2d"
 
     def __init__(self, in_shape, out_channels, kernel_size, stride=1, padding=0):
+        (out_channels, Ho, Wo), count = window_out_shape("conv2d", in_shape, kernel_size, stride,
+                                                         padding, out_channels)
+        _check_connections("conv2d", count)
         self.in_shape = tuple(int(v) for v in in_shape)
-        if len(self.in_shape) != 3:
-            raise DyadsimError(f"conv2d needs a (C, H, W) input shape, got {in_shape!r}")
         C, H, Wd = self.in_shape
         kh, kw = _pair(kernel_size, "kernel_size")
         sh, sw = _pair(stride, "stride")
         ph, pw = _pair(padding, "padding")
-        if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0:
-            raise DyadsimError("conv2d: kernel and stride must be >= 1, padding >= 0")
-        Ho = _out_size(H, kh, sh, ph, "conv2d")
-        Wo = _out_size(Wd, kw, sw, pw, "conv2d")
         self.out_shape = (int(out_channels), Ho, Wo)
         self.kernel_size, self.stride, self.padding = (kh, kw), (sh, sw), (ph, pw)
         self.weight_shape = (int(out_channels), C, kh, kw)
@@ -161,15 +232,13 @@ class AvgPool2d(_Indexed):
     has_weight = False
 
     def __init__(self, in_shape, kernel_size, stride=None, padding=0):
+        (C, Ho, Wo), count = window_out_shape("avgpool2d", in_shape, kernel_size, stride, padding)
+        _check_connections("avgpool2d", count)
         self.in_shape = tuple(int(v) for v in in_shape)
-        if len(self.in_shape) != 3:
-            raise DyadsimError(f"avgpool2d needs a (C, H, W) input shape, got {in_shape!r}")
         C, H, Wd = self.in_shape
         kh, kw = _pair(kernel_size, "kernel_size")
         sh, sw = _pair(stride if stride is not None else (kh, kw), "stride")
         ph, pw = _pair(padding, "padding")
-        Ho = _out_size(H, kh, sh, ph, "avgpool2d")
-        Wo = _out_size(Wd, kw, sw, pw, "avgpool2d")
         self.out_shape = (C, Ho, Wo)
         self.kernel_size, self.stride, self.padding = (kh, kw), (sh, sw), (ph, pw)
         self.weight_shape = (1,)
@@ -200,11 +269,17 @@ EDGE_OPS = ("dense", "conv2d", "avgpool2d")
 
 
 def make_edge_op(attrs: dict, src_shape, dst_size, edge_name) -> EdgeOp:
-    """Build an edge's op from its graph attributes (``op`` and its settings)."""
+    """Build an edge's op from its graph attributes (``op`` and its settings).
+
+    The output size is checked against ``dst_size`` before any index map is built, so a
+    conv with a huge padding is refused at once instead of allocating gigabytes.
+    """
     kind = attrs.get("op", "dense")
     n_src = int(np.prod(src_shape))
     if kind == "dense":
         return Dense(n_src, dst_size)
+    if not isinstance(kind, str) or kind not in EDGE_OPS:
+        raise DyadsimError(f"edge {edge_name}: unknown op {kind!r}; valid ops: {', '.join(EDGE_OPS)}")
     if len(src_shape) != 3:
         raise DyadsimError(
             f"edge {edge_name}: op {kind!r} needs a source node with a (C, H, W) 'shape', got {tuple(src_shape)}"
@@ -217,18 +292,26 @@ def make_edge_op(attrs: dict, src_shape, dst_size, edge_name) -> EdgeOp:
             W = np.asarray(W)
             if W.ndim != 4:
                 raise DyadsimError(f"conv2d edge {edge_name}: weight must be (C_out, C_in, kh, kw), got shape {W.shape}")
-            op = Conv2d(src_shape, W.shape[0], W.shape[2:], attrs.get("stride", 1), attrs.get("padding", 0))
-        elif kind == "avgpool2d":
-            op = AvgPool2d(src_shape, attrs.get("kernel_size", 2), attrs.get("stride"), attrs.get("padding", 0))
+            args = (W.shape[2:], attrs.get("stride", 1), attrs.get("padding", 0))
+            out_shape, _ = window_out_shape("conv2d", src_shape, *args, out_channels=W.shape[0])
+            _check_size(kind, src_shape, out_shape, dst_size, edge_name)
+            op = Conv2d(src_shape, W.shape[0], *args)
         else:
-            raise DyadsimError(f"edge {edge_name}: unknown op {kind!r}; valid ops: {', '.join(EDGE_OPS)}")
+            args = (attrs.get("kernel_size", 2), attrs.get("stride"), attrs.get("padding", 0))
+            out_shape, _ = window_out_shape("avgpool2d", src_shape, *args)
+            _check_size(kind, src_shape, out_shape, dst_size, edge_name)
+            op = AvgPool2d(src_shape, *args)
     except DyadsimError as exc:
         if str(exc).startswith("edge"):
             raise
         raise DyadsimError(f"edge {edge_name}: {exc}") from None
-    if op.n_dst != dst_size:
-        raise DyadsimError(
-            f"edge {edge_name}: {kind} maps {tuple(src_shape)} to {getattr(op, 'out_shape', op.n_dst)} "
-            f"= {op.n_dst} neurons, but the destination has size {dst_size}"
-        )
     return op
+
+
+def _check_size(kind, src_shape, out_shape, dst_size, edge_name):
+    n_dst = int(np.prod(out_shape, dtype=object))
+    if n_dst != dst_size:
+        raise DyadsimError(
+            f"edge {edge_name}: {kind} maps {tuple(src_shape)} to {tuple(out_shape)} "
+            f"= {n_dst} neurons, but the destination has size {dst_size}"
+        )

@@ -4,7 +4,7 @@ A :class:`Network` is built from a :class:`networkx.DiGraph` whose nodes are *la
 (attribute ``size``, and ``activation``/``bias`` on every node but the input) and whose
 edges carry dense weight blocks (attribute ``weight`` of shape (size_dst, size_src)).
 Stacking every non-input neuron in topological order gives the global system of
-THEORY.md section 1, ``a = sigma(W a + beta(x0))`` with ``W`` strictly block-lower-
+docs/theory.md, section 1, ``a = sigma(W a + beta(x0))`` with ``W`` strictly block-lower-
 triangular (nilpotent, ``W**L == 0``).
 """
 
@@ -20,6 +20,8 @@ import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 
+from .._io import atomic_write
+from .._validate import as_float_array, check_finite
 from ..errors import DyadsimError
 from ._activations import Activation, get_activation
 from ._edges import make_edge_op
@@ -33,18 +35,9 @@ _FORMAT = "dyadsim-network"
 _FORMAT_VERSION = 1
 
 
-def _check_finite(arr: np.ndarray, what: str) -> None:
-    if not np.all(np.isfinite(arr)):
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise DyadsimError(f"{what} contains {bad} non-finite value(s) (NaN or inf)")
-
-
-def _as_float_array(value, what: str) -> np.ndarray:
-    try:
-        arr = np.array(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise DyadsimError(f"{what} is not a numeric array: {exc}") from None
-    return arr
+# the one validation module's helpers, under the names this module has always used
+_check_finite = check_finite
+_as_float_array = as_float_array
 
 
 @dataclass(frozen=True)
@@ -543,7 +536,21 @@ class Network:
         return Network.from_graph(self.to_graph(), loss=self.loss.name)
 
     def save(self, path) -> Path:
-        """Save to one portable ``.npz`` file (arrays plus a JSON graph description)."""
+        """Save to one portable ``.npz`` file (arrays plus a JSON graph description).
+
+        Parameters
+        ----------
+        path
+            The file; ``.npz`` is appended when it has another suffix or none.  The write is
+            atomic: an interrupted save leaves the old file (if any) as it was.
+
+        Returns
+        -------
+        pathlib.Path
+            Where the network was written.
+        """
+        if not isinstance(path, (str, PathLike)):
+            raise DyadsimError(f"path must be a str or a path, got {type(path).__name__}")
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
@@ -568,38 +575,38 @@ class Network:
             if self.bias_mode[v] is not None:
                 arrays[f"b{nodes.index(v)}"] = self.params[("b", v)]
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:
+        with atomic_write(path, "wb") as fh:
             np.savez(fh, **arrays)
         return path
 
 
-def load(path: str | PathLike) -> Network:
-    """Load a network saved with :meth:`Network.save`."""
-    path = Path(path)
-    if not path.exists():
-        raise DyadsimError(f"network file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            desc = json.loads(str(data["__graph__"]))
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, KeyError) as exc:
-        raise DyadsimError(f"{path} is not a dyadsim network file: {exc}") from None
-    if desc.get("format") != _FORMAT:
-        raise DyadsimError(f"{path} is not a dyadsim network file (format {desc.get('format')!r})")
-    G = nx.DiGraph()
-    names = [nd["name"] for nd in desc["nodes"]]
-    for i, nd in enumerate(desc["nodes"]):
-        attrs = {"size": nd["size"]}
-        if len(nd.get("shape", [])) > 1:
-            attrs["shape"] = tuple(nd["shape"])
-        if nd["activation"] is not None:
-            attrs["activation"] = nd["activation"]
-            attrs["bias"] = arrays[f"b{i}"] if nd.get("bias", True) else False
-        G.add_node(nd["name"], **attrs)
-    for k, edge in enumerate(desc["edges"]):
-        i, j = edge[0], edge[1]
-        attrs = dict(edge[2]) if len(edge) > 2 else {}
-        if f"W{k}" in arrays:
-            attrs["weight"] = arrays[f"W{k}"]
-        G.add_edge(names[i], names[j], **attrs)
-    return Network.from_graph(G, loss=desc["loss"])
+def load(path: str | PathLike, *, limits: dict | None = None) -> Network:
+    """Load a network saved with :meth:`Network.save`.
+
+    The file is untrusted input.  Before anything is decompressed or allocated, the zip
+    directory, the member names, the JSON graph description and every array's ``.npy``
+    header (dtype, shape) are checked against each other and against :data:`LOAD_LIMITS`;
+    no pickle is ever loaded.
+
+    Parameters
+    ----------
+    path
+        The ``.npz`` file.
+    limits
+        Overrides of :data:`LOAD_LIMITS` (e.g. ``{"neurons": 10**8}`` for a bigger network).
+
+    Returns
+    -------
+    Network
+
+    Raises
+    ------
+    DyadsimError
+        Naming the file and the problem: not a network file (empty, truncated, corrupt,
+        another format), a member that is missing, unexpected or of the wrong shape or
+        dtype, a graph description that is malformed or over a limit.
+    """
+    from ._load import read_network_file
+
+    return read_network_file(path, limits)
+

@@ -1,4 +1,4 @@
-"""Precision metrics of THEORY.md section 5: relative error, norm ratio, misalignment."""
+"""Precision metrics of docs/theory.md, section 5: relative error, norm ratio, misalignment."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ __all__ = ["compare", "Comparison", "TensorMetrics", "angle"]
 def angle(a, b) -> float:
     """The angle between two vectors in radians, accurate down to ~1e-16 rad.
 
-    Uses 2*atan2(|a^ - b^|, |a^ + b^|) on the unit vectors (arccos of the cosine loses
+    Uses ``2*atan2(|a^ - b^|, |a^ + b^|)`` on the unit vectors (arccos of the cosine loses
     every digit below ~1e-8 rad).  Zero vectors: 0 if both are zero, pi/2 otherwise.
     """
     a = _unit_scale(np.ravel(np.asarray(a, dtype=np.float64)))

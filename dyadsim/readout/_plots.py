@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._io import save_figure
 from ._spice import relaxation_trace
 
 __all__ = ["plot_relaxation"]
@@ -46,5 +47,5 @@ def plot_relaxation(net, tran, *, tau=None, gain=None, path=None, max_neurons=4,
     axes[-1].grid(alpha=0.3, which="both")
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
     return fig

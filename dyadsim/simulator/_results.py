@@ -101,13 +101,17 @@ def _split_key(key: str) -> tuple[Optional[str], str]:
     return None, low
 
 
-def _lookup(table: dict, key: str, what: str):
+def _lookup(table: dict, key: str, what: str, saved=None):
     try:
         return table[key]
     except KeyError:
         have = sorted(table)
         shown = ", ".join(have[:20]) + (" ..." if len(have) > 20 else "")
-        raise UnknownVectorError(f"no {what} {key!r} in the simulation result; have: {shown or 'none'}") from None
+        hint = ""
+        if saved is not None:
+            hint = (f" (only {len(saved)} node voltages were saved: pass save='all' to simulate to "
+                    "keep every vector)")
+        raise UnknownVectorError(f"no {what} {key!r} in the simulation result; have: {shown or 'none'}{hint}") from None
 
 
 # --------------------------------------------------------------------------- results
@@ -120,18 +124,18 @@ class _Vectors:
         """Voltage of ``node`` (name as in the netlist, any case; ``"v(node)"`` accepted):
         a float for an operating point, a waveform for a transient."""
         kind, key = _split_key(node)
-        return _lookup(self.voltages, key, "node")
+        return _lookup(self.voltages, key, "node", self.saved)
 
     def i(self, element: str):
         """Current through ``element`` (a voltage source or inductor; ``"i(v1)"`` accepted)."""
         kind, key = _split_key(element)
-        return _lookup(self.currents, key, "branch current")
+        return _lookup(self.currents, key, "branch current", self.saved)
 
     def __getitem__(self, key: str):
         kind, name = _split_key(key)
         if kind == "current":
-            return _lookup(self.currents, name, "branch current")
-        return _lookup(self.voltages, name, "node")
+            return _lookup(self.currents, name, "branch current", self.saved)
+        return _lookup(self.voltages, name, "node", self.saved)
 
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, str):
@@ -151,7 +155,8 @@ class OperatingPoint(_Vectors):
 
     ``op.v("out")`` (case-insensitive) and ``op["out"]`` give a node voltage;
     ``op.i("v1")`` and ``op["i(v1)"]`` give the current through a voltage source
-    (ngspice's sign: positive flowing into the source's + terminal).
+    (ngspice's sign: positive flowing into the source's + terminal).  ``saved`` names the
+    nodes ngspice was asked to keep (``simulate(save=...)``; None: everything).
     """
 
     voltages: dict[str, float]
@@ -159,6 +164,7 @@ class OperatingPoint(_Vectors):
     netlist_path: Optional[str] = None
     backend: str = ""
     log: str = field(default="", repr=False)
+    saved: Optional[tuple] = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -167,6 +173,7 @@ class Transient(_Vectors):
 
     Arrays are read-only.  ``tr.v("out")`` gives a waveform; ``tr["time"]`` the time axis;
     ``tr.final()`` gives an :class:`OperatingPoint` of the values at the last time point.
+    ``saved`` names the nodes ngspice was asked to keep (None: everything).
     """
 
     time: np.ndarray
@@ -175,6 +182,7 @@ class Transient(_Vectors):
     netlist_path: Optional[str] = None
     backend: str = ""
     log: str = field(default="", repr=False)
+    saved: Optional[tuple] = field(default=None, repr=False)
 
     def __getitem__(self, key: str) -> np.ndarray:
         kind, name = _split_key(key)
@@ -190,6 +198,7 @@ class Transient(_Vectors):
             netlist_path=self.netlist_path,
             backend=self.backend,
             log=self.log,
+            saved=self.saved,
         )
 
 

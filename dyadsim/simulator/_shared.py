@@ -9,7 +9,20 @@ How a run goes (all measured on ngspice 39.3 / PySpice 1.5):
   the ``BGThreadRunning`` callback; ``ngSpice_running()`` cannot be polled instead, because
   it reads False both before the thread has started and after it has ended.
 * The vectors are read with ``plot_names`` / ``plot(...)`` (PySpice copies them out of
-  ngspice's memory); then ``remcirc`` and ``destroy all`` leave ngspice empty again.
+  ngspice's memory); then ``remcirc`` and ``destroy all`` leave ngspice empty again.  A
+  run starts by destroying any plot still there (left by other code using the library),
+  so it reads only its own.
+* Each circuit brings its own ``.options`` (a run after one with other options, ``.temp``,
+  ``.save`` or a halted transient gives bit-identical results to the subprocess backend),
+  with two exceptions, process-wide flags of ngspice's output code that the first plot made
+  with them sets and nothing clears (neither ``remcirc``, ``destroy all`` nor ``unset
+  interp``): ``interp`` (every later transient comes out resampled onto the TSTEP grid:
+  101 points instead of 1019 for an RC deck) and ``.save none`` (every later transient
+  keeps one point).  ``simulate`` keeps both away from this engine unless
+  ``allow_control=True``; as a backstop the engine notes runs that had them (ngspice's
+  "Interpolated raw file data" warning, a ``save none`` line), and afterwards refuses a
+  transient that does not ask for them itself (reason ``"failed"``) rather than returning
+  it; :func:`sticky_settings` tells ``backend="auto"`` to use the subprocess then.
 
 libngspice is process-global state, and PySpice 1.5 can create only one ``NgSpiceShared``
 per process (a second one fails in ``ffi.cdef``), so one engine serves every run, one run at
@@ -36,7 +49,7 @@ from ._rawfile import RawPlot, RawVariable
 from ._results import Reason, clean_lines, diagnose_log, simulator_error
 from ._subprocess import INSTALL_HINT
 
-__all__ = ["get_engine", "shared_available", "engine_busy", "run_shared"]
+__all__ = ["get_engine", "shared_available", "engine_busy", "sticky_settings", "run_shared"]
 
 _INIT_LOCK = threading.Lock()
 _RUN_LOCK = threading.Lock()  # held for a whole run, by the worker thread that does it
@@ -55,6 +68,8 @@ _TYPENAME_TO_PLOTNAME = {
     "disto": "Distortion Analysis",
 }
 _HALT_GRACE_S = 1.5  # ngspice's bg_halt itself gives up after about 1 s
+_INTERP_WARNING = "Interpolated raw file data"  # printed when a plot starts with `interp` set
+_SAVE_NONE = re.compile(r"^[ \t]*\.?save\b[^\n]*(?<![\w.])none\b", re.IGNORECASE | re.MULTILINE)
 
 
 def _make_engine_class():
@@ -69,6 +84,7 @@ def _make_engine_class():
             self._dyadsim_bg_done = threading.Event()
             self._dyadsim_bg_done.set()
             self._dyadsim_exited = False
+            self._dyadsim_sticky: set[str] = set()  # see the module notes on `interp`
 
         def __init__(self, *args, **kwargs):
             self._setup_capture()
@@ -193,6 +209,18 @@ def engine_busy() -> bool:
     return _RUN_LOCK.locked()
 
 
+def sticky_settings() -> frozenset:
+    """The settings an earlier shared run left switched on for every later transient.
+
+    Returns
+    -------
+    frozenset of str
+        ``"interp"`` and/or ``"save none"`` once a run in the shared library had them (see
+        the module notes); transients must then use the subprocess backend.
+    """
+    return frozenset(() if _ENGINE is None else _ENGINE._dyadsim_sticky)
+
+
 class _Job:
     def __init__(self, text: str, title: str):
         self.text = text
@@ -258,9 +286,12 @@ def run_shared(text: str, *, timeout: Optional[float]) -> tuple[list[RawPlot], s
 
 def _work(engine, job: _Job) -> None:
     """Worker thread: load, run in the background, wait, read the plots, clean up."""
+    sticky = set(engine._dyadsim_sticky)
     try:
         engine._dyadsim_lines = []
         engine._dyadsim_capturing = True
+        if any(name.lower() != "const" for name in engine.plot_names):
+            engine.command("destroy all")  # plots left by other code using the library
         engine.load(job.text)
         diagnosis = diagnose_log(engine._dyadsim_lines)
         if diagnosis is not None:
@@ -284,6 +315,15 @@ def _work(engine, job: _Job) -> None:
             job.error = simulator_error(diagnosis.message, reason=diagnosis.reason)
             return
         job.plots = _read_plots(engine, job.title)
+        leaked = sticky - _sticky_asked(job.text, engine._dyadsim_lines)
+        if leaked and any(p.analysis == "tran" for p in job.plots):
+            job.plots = []
+            job.error = simulator_error(
+                f"an earlier run in this process switched {' and '.join(sorted(leaked))} on in the ngspice "
+                "shared library, which never clears it: this transient would come back resampled "
+                "(interp) or with one point (save none); use backend='subprocess' (backend='auto' does)",
+                reason=Reason.FAILED,
+            )
     except BaseException as exc:  # reported to the caller, never lost in the thread
         job.error = exc if _is_simulator_error(exc) else simulator_error(
             f"shared ngspice run failed: {type(exc).__name__}: {exc}", reason=Reason.FAILED
@@ -294,12 +334,19 @@ def _work(engine, job: _Job) -> None:
             engine.command("destroy all")
         finally:
             engine._dyadsim_capturing = False
+            engine._dyadsim_sticky |= _sticky_asked(job.text, engine._dyadsim_lines)
             job.log = "\n".join(clean_lines(engine._dyadsim_lines))
             engine._dyadsim_lines = []
             if job.error is not None and not getattr(job.error, "log", ""):
                 job.error = simulator_error(job.error.summary, reason=job.error.reason, log=job.log)
             _RUN_LOCK.release()
             job.done.set()
+
+
+def _sticky_asked(text: str, lines) -> set:
+    """The sticky settings a run had: ``interp`` by ngspice's warning, ``save none`` by its line."""
+    asked = {"interp"} if any(_INTERP_WARNING in line for line in lines) else set()
+    return asked | ({"save none"} if _SAVE_NONE.search(text) else set())
 
 
 def _is_simulator_error(exc: BaseException) -> bool:

@@ -32,7 +32,9 @@ NETLIST_NAME = "in.cir"
 RAW_NAME = "out.raw"
 LOG_NAME = "out.log"
 
-_INTERP_OPTION = re.compile(r"^[ \t]*\.options?\b[^\n]*\binterp\b", re.IGNORECASE | re.MULTILINE)
+_CRASHES = ("SIGSEGV", "SIGBUS", "SIGABRT", "SIGFPE", "SIGILL")
+# ngspice takes every card that starts with ".opt" as an options card
+_INTERP_OPTION = re.compile(r"^[ \t]*\.opt\w*\b[^\n]*\binterp\b", re.IGNORECASE | re.MULTILINE)
 
 
 def find_ngspice() -> str:
@@ -59,19 +61,21 @@ def find_ngspice() -> str:
 
 
 def run_subprocess(
-    text: str, run_dir: Path, *, timeout: Optional[float], executable: Optional[str] = None
+    text: str, run_dir: Path, *, timeout: Optional[float], executable: Optional[str] = None,
+    ascii_raw: bool = False,
 ) -> tuple[list[RawPlot], str]:
     """Write ``text`` to ``run_dir/in.cir``, run ngspice in batch mode, parse ``out.raw``.
 
     Returns ``(plots, log)``.  Raises a :class:`SimulatorError` whose ``netlist_path`` is
-    ``run_dir/in.cir`` on any failure (the caller keeps the directory then).
+    ``run_dir/in.cir`` on any failure.  ``ascii_raw`` asks for the ASCII raw format (set
+    by itself for a netlist with ``.options interp``).
     """
     executable = executable or find_ngspice()
     run_dir = Path(run_dir)
     netlist = run_dir / NETLIST_NAME
     netlist.write_text(text, encoding="utf-8")
     env = dict(os.environ)
-    if _INTERP_OPTION.search(text):
+    if ascii_raw or _INTERP_OPTION.search(text):
         # ngspice 39's binary writer is wrong with `.options interp` (see _rawfile).
         env["SPICE_ASCIIRAWFILE"] = "1"
     command = [executable, "-b", "-r", RAW_NAME, "-o", LOG_NAME, NETLIST_NAME]
@@ -106,6 +110,20 @@ def run_subprocess(
         _kill(process)
         raise
     log = _read_log(run_dir, stdout, stderr)
+    if process.returncode < 0:  # killed by a signal: a crash (SEGV), the OOM killer, kill(1)
+        number = -process.returncode
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        diagnosis = diagnose_log(log.splitlines())
+        said = f"; before that it said: {diagnosis.message}" if diagnosis is not None else ""
+        raise simulator_error(
+            f"ngspice was killed by signal {name} ({number}){' -- it crashed' if name in _CRASHES else ''}{said}",
+            reason=diagnosis.reason if diagnosis is not None else Reason.FAILED,
+            log=log,
+            netlist_path=netlist,
+        )
     if process.returncode != 0:
         diagnosis = diagnose_log(log.splitlines(), failed=True)
         raise simulator_error(
@@ -140,12 +158,33 @@ def _kill(process: subprocess.Popen) -> None:
 _BANNER = re.compile(r"^(\*\*.*|\*+|Batch mode|Simulation output goes to rawfile:.*|Comments and warnings go to log-file:.*)$")
 
 
+#: How much of a log is kept: its head and its tail (a ``.print`` of a long transient can
+#: write gigabytes into it).
+LOG_HEAD_BYTES = 64 * 1024
+LOG_TAIL_BYTES = 1024 * 1024
+
+
+def _read_log_file(path: Path) -> str:
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if size <= LOG_HEAD_BYTES + LOG_TAIL_BYTES:
+            data = fh.read()
+        else:
+            head = fh.read(LOG_HEAD_BYTES)
+            fh.seek(size - LOG_TAIL_BYTES)
+            tail = fh.read()
+            skipped = size - len(head) - len(tail)
+            data = head + f"\n[... {skipped} bytes of ngspice output left out ...]\n".encode() + tail
+    return data.decode("utf-8", errors="replace")
+
+
 def _read_log(run_dir: Path, stdout: bytes, stderr: bytes) -> str:
-    """ngspice's log file, then whatever it printed on stdout (banner dropped) and stderr."""
+    """ngspice's log file (head and tail when huge), then whatever it printed on stdout
+    (banner dropped) and stderr."""
     parts = []
     log_file = run_dir / LOG_NAME
     if log_file.exists():
-        parts.append(log_file.read_text(encoding="utf-8", errors="replace"))
+        parts.append(_read_log_file(log_file))
     out = [l for l in stdout.decode("utf-8", "replace").splitlines() if l.strip() and not _BANNER.match(l.strip())]
     if out:
         parts.append("\n".join(out))

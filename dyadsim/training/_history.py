@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
+from .._io import to_jsonable, write_text
 from ..errors import DyadsimError
 
 __all__ = ["History", "EPOCH_FIELDS"]
@@ -30,25 +30,7 @@ EPOCH_FIELDS = (
 _FORMAT = "dyadsim-history"
 
 
-def _clean(v):
-    """JSON-safe scalar: numpy scalars to Python, non-finite floats to None."""
-    if v is None:
-        return None
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, bool, int, float)) or obj is None or hasattr(obj, "item"):
-        return _clean(obj)
-    return str(obj)
+_clean = _jsonable = to_jsonable  # the package's one JSON cleaner
 
 
 @dataclass
@@ -165,11 +147,11 @@ class History:
 
     def to_json(self, path: str | PathLike | None = None, indent: int = 2) -> str:
         """The history as JSON; also written to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=indent)
+        text = json.dumps(to_jsonable(self.to_dict()), indent=indent, allow_nan=False)
         if path is not None:
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text + "\n")
+            write_text(path, text + "\n")
         return text
 
     @classmethod
@@ -211,7 +193,7 @@ class History:
         if path is not None:
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            write_text(path, text)
         return text
 
     @classmethod
