@@ -112,7 +112,7 @@ class LayerPrecision:
     node : hashable
         The layer node.
     max_m, max_d : float
-        The largest |activation| and |error signal| of the layer over the batch.
+        The largest absolute activation and error signal of the layer over the batch.
     dynamic_range : float
         ``max_d / max_m``.
     local_floor : float
