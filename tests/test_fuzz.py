@@ -426,9 +426,7 @@ def test_fuzz_cli_simulate(netlist, options):
 # the fix shows up as an XPASS (remove the marker then).
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 6 (dynamics/cli): overflow reported as success, "
-                                       "grad --json prints Infinity")
-def test_gap_overflowing_weights_give_valid_json(tmp_path):
+def test_found_and_fixed_overflowing_weights_give_valid_json(tmp_path):
     net = dyadsim.mlp("3-4-2", activation="identity", seed=0)
     for value in net.params.values():
         value[...] = 1e200
