@@ -509,7 +509,7 @@ def _relax_wavefront(sysm, n_steps, record, state):
                 mv *= 0.5
                 a[v], xb[v], zb[v] = mv, xv, zv
             dblk[v] = dv
-            delta[v] = slope[v] * dv
+            delta[v] = net.node_delta(v, slope[v], dv)
         if record:
             hist.append(snapshot())
     done = n_steps >= 2 * L
