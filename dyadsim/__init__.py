@@ -15,6 +15,7 @@ from .network import (
     ACTIVATIONS, LOSSES, AvgPool2d, Conv2d, Dense, Network, from_torch, load, mlp, random_dag, to_torch,
     torch_gradients,
 )
+from .dynamics import Chip, ChipBatchResult, relax_chips
 from .dynamics import (
     ODE, Backprop, ContinuousResult, Euler, GradientResult, Gradients, Method, RelaxResult, backprop, energy, flow, flow_jacobian, flow_md,
     relax, relax_continuous,
@@ -40,4 +41,5 @@ __all__ = [
     "readout", "spice_gradients", "SpiceGradients", "relaxation_trace", "plot_relaxation",
     "Netlist", "compile_netlist", "OperatingPoint", "Transient", "simulate", "simulate_many",
     "train", "History", "TrainingDiverged",
+    "Chip", "ChipBatchResult", "relax_chips",
 ]

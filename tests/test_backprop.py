@@ -137,3 +137,35 @@ def test_backprop_bad_dtype():
     x, y = make_batch(net, 0)
     with pytest.raises(dyadsim.DyadsimError, match="dtype"):
         dyadsim.backprop(net, x, y, dtype=np.float16)
+
+
+def test_backprop_bad_arguments():
+    net = make_net()
+    x, y = make_batch(net, 0)
+    with pytest.raises(dyadsim.DyadsimError, match=r"backprop\(\): got an unexpected keyword argument 'eta'"):
+        dyadsim.backprop(net, x, y, eta=1.0)
+    with pytest.raises(dyadsim.DyadsimError, match="missing a required argument: 'y'"):
+        dyadsim.backprop(net, x)
+    with pytest.raises(dyadsim.DyadsimError, match="unknown dtype"):
+        dyadsim.backprop(net, x, y, dtype="flaot64")
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_backprop_overflow_is_a_convergence_error():
+    """Inf gradients are never returned: weights of 1e200 on a relu net overflow the forward
+    pass, inputs of 1e300 on a linear one overflow the gradient, float32 overflows the cast."""
+    net = dyadsim.mlp("3-4-4-2", activation="relu", seed=0)
+    for k in net.params:
+        if k[0] == "W":
+            net.params[k] = net.params[k] * 1e200
+    x, y = np.ones((2, 3)), np.ones((2, 2))
+    with pytest.raises(dyadsim.ConvergenceError, match="activations .* of layer 'h2' overflowed"):
+        dyadsim.backprop(net, x, y)
+    lin = dyadsim.mlp("3-4-2", activation="identity", seed=0)
+    with pytest.raises(dyadsim.ConvergenceError, match=r"gradient of W\[input->h1\] overflowed"):
+        dyadsim.backprop(lin, np.full((2, 3), 1e300), y)
+    with pytest.raises(dyadsim.ConvergenceError, match="input x overflows float32"):
+        dyadsim.backprop(lin, np.full((2, 3), 1e100), y, dtype=np.float32)
+    # finite float64 inputs of 1e100 are fine in float64 (tanh saturates)
+    g = dyadsim.backprop(dyadsim.mlp("3-4-2", seed=0), np.full((2, 3), 1e100), y)
+    assert all(np.all(np.isfinite(v)) for v in g.values())

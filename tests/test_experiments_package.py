@@ -39,7 +39,7 @@ def test_attribute_access_in_a_fresh_interpreter():
         assert t.experiments.run_experiment is e.run_experiment
         print(sorted(t.EXPERIMENTS))
     """)
-    assert out.split() == ["['accuracy',", "'analog',", "'precision',", "'steps']"]
+    assert out.split() == ["['accuracy',", "'analog',", "'hardware',", "'precision',", "'steps']"]
 
 
 def test_experiments_attribute_first():

@@ -427,6 +427,7 @@ def test_fuzz_cli_simulate(netlist, options):
 
 
 def test_found_and_fixed_overflowing_weights_give_valid_json(tmp_path):
+    """issue 11 item 6: overflow was reported as success, grad --json printed Infinity."""
     net = dyadsim.mlp("3-4-2", activation="identity", seed=0)
     for value in net.params.values():
         value[...] = 1e200

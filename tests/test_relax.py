@@ -20,6 +20,7 @@ from conftest import (ACTIVATIONS, all_grads_nonzero, cases, has_dead_layer, mak
                       make_case, make_net, seeded_case, user_error)
 
 SCHEDULES = ("parallel", "wavefront")
+STATES = ("md", "xz")
 EPS32 = float(np.finfo(np.float32).eps)
 
 
@@ -37,13 +38,15 @@ def _well_conditioned(net, x, y, ref=None):
 
 
 # ----------------------------------------------------------------------------- finite time
+@pytest.mark.parametrize("state", STATES)
 @pytest.mark.parametrize("schedule", SCHEDULES)
-def test_exact_at_2L_seeded(case, schedule):
+def test_exact_at_2L_seeded(case, schedule, state):
     net, x, y = case.net, case.x, case.y
     ref = dyadsim.backprop(net, x, y)
-    res = dyadsim.relax(net, x, y, eta=1, schedule=schedule)
+    res = dyadsim.relax(net, x, y, eta=1, schedule=schedule, state=state)
     assert res.steps == 2 * net.depth
     assert res.converged and res.schedule == schedule and res.depth == net.depth
+    assert res.state == state
     cmp = _cmp(res, ref)
     assert cmp.max_rel_error <= 1e-12, cmp.table()
     for key, m in cmp.tensors.items():
@@ -53,11 +56,13 @@ def test_exact_at_2L_seeded(case, schedule):
     assert res.loss == pytest.approx(ref.loss, rel=1e-13)
 
 
+@pytest.mark.parametrize("state", STATES)
 @pytest.mark.parametrize("schedule", SCHEDULES)
-def test_wrong_at_2L_minus_1_seeded(case, schedule):
+def test_wrong_at_2L_minus_1_seeded(case, schedule, state):
     net, x, y = case.net, case.x, case.y
     ref = dyadsim.backprop(net, x, y)
-    res = dyadsim.relax(net, x, y, eta=1, steps=2 * net.depth - 1, schedule=schedule)
+    res = dyadsim.relax(net, x, y, eta=1, steps=2 * net.depth - 1, schedule=schedule,
+                        state=state)
     assert res.steps == 2 * net.depth - 1
     assert not res.converged
     err = _cmp(res, ref).max_rel_error
@@ -84,12 +89,13 @@ def test_finite_time_both_sides_random(c):
         assert _cmp(early, ref).max_rel_error > 1e-9
 
 
+@pytest.mark.parametrize("state", STATES)
 @pytest.mark.parametrize("depth", [1, 2, 6])
-def test_exact_step_is_2L_for_every_depth(depth):
+def test_exact_step_is_2L_for_every_depth(depth, state):
     c = make_case("dag", "tanh", "xent", "soft", seed=depth, depth=depth, batch=3,
                   skip_prob=1.0)
     ref = dyadsim.backprop(c.net, c.x, c.y)
-    errs = [_cmp(dyadsim.relax(c.net, c.x, c.y, steps=k), ref).max_rel_error
+    errs = [_cmp(dyadsim.relax(c.net, c.x, c.y, steps=k, state=state), ref).max_rel_error
             for k in range(0, 2 * depth + 3)]
     first_exact = min(k for k, e in enumerate(errs) if e <= 1e-12)
     assert first_exact == 2 * depth, errs
@@ -288,16 +294,17 @@ def test_batch_gradient_is_mean_of_per_sample(case):
 
 
 # ----------------------------------------------------------------------------- history
+@pytest.mark.parametrize("state", STATES)
 @pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("batch", [1, 3])
-def test_record_history(schedule, batch):
+def test_record_history(schedule, batch, state):
     c = make_case("dag", "mixed", "xent", "onehot", seed=4, depth=4, batch=batch)
     net = c.net
     if batch == 1:
         x, y = c.x[0], c.y[0]  # single sample: history is (steps+1, n)
     else:
         x, y = c.x, c.y
-    res = dyadsim.relax(net, x, y, schedule=schedule, record=True)
+    res = dyadsim.relax(net, x, y, schedule=schedule, record=True, state=state)
     hx, hz = res.history
     shape = (res.steps + 1, net.n) if batch == 1 else (res.steps + 1, batch, net.n)
     assert res.steps == 2 * net.depth
@@ -306,20 +313,21 @@ def test_record_history(schedule, batch):
     np.testing.assert_array_equal(hx[-1], res.x)
     np.testing.assert_array_equal(hz[-1], res.z)
     for k in range(res.steps + 1):
-        rk = dyadsim.relax(net, x, y, schedule=schedule, steps=k)
+        rk = dyadsim.relax(net, x, y, schedule=schedule, steps=k, state=state)
         assert rk.steps == k and rk.history is None
         np.testing.assert_allclose(rk.x, hx[k], rtol=1e-13, atol=1e-15)
         np.testing.assert_allclose(rk.z, hz[k], rtol=1e-13, atol=1e-15)
 
 
-def test_record_history_eta_below_one():
+@pytest.mark.parametrize("state", STATES)
+def test_record_history_eta_below_one(state):
     c = make_case("mlp", "sigmoid", "mse", seed=5, depth=3, batch=2)
-    res = dyadsim.relax(c.net, c.x, c.y, eta=0.5, record=True)
+    res = dyadsim.relax(c.net, c.x, c.y, eta=0.5, record=True, state=state)
     hx, hz = res.history
     assert hx.shape == (res.steps + 1, 2, c.net.n)
     assert not np.any(hx[0])
     for k in (1, 5, res.steps // 2):
-        rk = dyadsim.relax(c.net, c.x, c.y, eta=0.5, steps=k)
+        rk = dyadsim.relax(c.net, c.x, c.y, eta=0.5, steps=k, state=state)
         np.testing.assert_allclose(rk.x, hx[k], rtol=1e-13, atol=1e-15)
         np.testing.assert_allclose(rk.z, hz[k], rtol=1e-13, atol=1e-15)
 
@@ -368,8 +376,8 @@ def test_wavefront_needs_eta_one(eta):
 
 def test_unknown_schedule():
     c = make_case()
-    with user_error("unknown schedule 'async'.*parallel, wavefront"):
-        dyadsim.relax(c.net, c.x, c.y, schedule="async")
+    with user_error("unknown schedule 'gossip'.*parallel, wavefront, async"):
+        dyadsim.relax(c.net, c.x, c.y, schedule="gossip")
 
 
 @pytest.mark.parametrize("steps, match", [
@@ -383,6 +391,48 @@ def test_bad_steps(steps, match):
     c = make_case()
     with user_error(match):
         dyadsim.relax(c.net, c.x, c.y, steps=steps)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(tol=-1), r"tol must be > 0, got -1"),
+    (dict(tol=0), r"tol must be > 0, got 0"),
+    (dict(tol=float("nan")), r"tol must be a number, got NaN"),
+    (dict(tol=float("inf")), r"tol must be finite"),
+    (dict(tol="1e-6"), r"tol must be a real number"),
+    (dict(tol=1e-6 + 0j), r"tol must be a real number"),
+    (dict(max_steps=2.5), r"max_steps must be an integer, got 2.5"),
+    (dict(max_steps=0), r"max_steps must be an integer >= 1, got 0"),
+    (dict(max_steps=True), r"max_steps must be an integer, got True"),
+    (dict(steps=10**6), r"steps=1000000 exceeds the step budget max_steps=100000"),
+    (dict(steps=1e30), r"exceeds the step budget"),
+    (dict(state="x+z"), r"unknown state 'x\+z'; valid: md, xz"),
+    (dict(state=None), r"unknown state None"),
+    (dict(schedule=None), r"unknown schedule None"),
+    (dict(record="yes"), r"record must be True or False, got 'yes'"),
+    (dict(record=1), r"record must be True or False, got 1"),
+    (dict(progress=0), r"progress must be True or False, got 0"),
+    (dict(foo=1), r"relax\(\): got an unexpected keyword argument 'foo'"),
+    (dict(dtype="int8"), r"dtype must be float64 or float32"),
+    (dict(dtype="nonsense"), r"unknown dtype"),
+])
+def test_relax_bad_arguments(kw, match):
+    c = make_case()
+    with user_error(match):
+        dyadsim.relax(c.net, c.x, c.y, **kw)
+
+
+def test_relax_refuses_a_history_too_large_to_keep(monkeypatch):
+    import sys
+
+    net = dyadsim.mlp("20-200x3-5", seed=0)
+    x, y = make_batch(net, 0, 64)
+    # a fixed number of steps is refused before anything is allocated
+    with user_error(r"record=True would keep 11.54 GiB of history, more than 2.00 GiB"):
+        dyadsim.relax(net, x, y, record=True, steps=20_000, max_steps=20_000)
+    # an open-ended run stops when it reaches the bound (lowered here to 1 MiB)
+    monkeypatch.setattr(sys.modules["dyadsim.dynamics._euler"], "MAX_RECORD_BYTES", 2**20)
+    with user_error(r"record=True would keep 1.18 MiB of history \(reached at step 1\), more than 1.00 MiB"):
+        dyadsim.relax(net, x, y, record=True, eta=0.001, max_steps=20_000)
 
 
 def test_relax_bad_shapes_and_values():

@@ -25,10 +25,12 @@ from ._setup import (
 )
 from ._compiler import compile_netlist
 from ._device import BJTModel, OpAmp, compile_device_netlist
+from ._chip import compile_chip_netlist, place_values
 
 __all__ = [
     # compiling
     "compile_netlist", "Netlist", "DEFAULT_OPTIONS", "compile_device_netlist", "OpAmp", "BJTModel",
+    "compile_chip_netlist", "place_values",
     # node naming (what the readout, the CLI and Monte Carlo read the circuit by)
     "layer_identifier", "layer_identifiers", "node_name", "target_node", "GAIN_NODE",
     "TAU_NODE", "describe_network", "safe_identifier", "format_number",

@@ -13,7 +13,7 @@ from ._main import METHODS, check_output_dir, cli
 TRAIN_METHODS = METHODS
 #: kept in step with dyadsim.experiments.EXPERIMENTS (a test checks it); listed
 #: here so that ``dyadsim --help`` does not import matplotlib
-EXPERIMENT_NAMES = ("accuracy", "steps", "precision", "analog")
+EXPERIMENT_NAMES = ("accuracy", "steps", "precision", "analog", "hardware")
 
 
 @cli.command()
@@ -109,7 +109,7 @@ def train(net_spec, data, method, eta, schedule, relax_steps, optimizer, lr, mom
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def experiment(name, out_dir, quick, seeds, jobs, as_json, progress):
-    """Regenerate one of the article's figures: accuracy, steps, precision or analog.
+    """Regenerate one of the article's figures: accuracy, steps, precision, analog or hardware.
 
     Writes NAME.png plus the numbers as NAME.csv and NAME.json into --out.
 
@@ -160,6 +160,14 @@ def _headline(name, s):
             return [f"{lab:<22} log10 angle (weights) {v['weights_log10_angle_range'][0]:.2f} .. "
                     f"{v['weights_log10_angle_range'][1]:.2f}"
                     for lab, v in s["configs"].items() if v["weights_log10_angle_range"]]
+        if name == "hardware":
+            out = [f"backprop {100 * s['backprop_test_accuracy_mean']:.2f}%"]
+            for axis, d in s["axes"].items():
+                worst = d["points"][-1]
+                acc = worst["test_accuracy_mean"]
+                out.append(f"{axis:<30} at {worst['value']}: "
+                           f"{'diverged' if acc is None else f'{100 * acc:.2f}%'}")
+            return out
         if name == "analog":
             return [f"backprop {s['runs']['backprop']['mean']:.2f}%  spice "
                     f"{s['runs']['spice']['mean']:.2f}%  diff {s['final_diff_pp']:+.2f} pp"]

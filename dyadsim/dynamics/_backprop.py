@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import check_dtype
-from ..errors import ConvergenceError
+from .._validate import check_dtype, checked_call
+from ..errors import ConvergenceError, DyadsimError
+from ._chip import Chip
 from ._gradients import Gradients
 from ._precision import check_finite_grads, check_finite_layers, check_representable
 
@@ -78,6 +79,7 @@ def param_grads(net, delta, acts, weights, B, method=None) -> Gradients:
     return grads
 
 
+@checked_call
 def backprop(net, x, y, dtype=np.float64) -> Gradients:
     """Gradients of the mean batch loss by reverse-mode differentiation.
 
@@ -99,10 +101,15 @@ def backprop(net, x, y, dtype=np.float64) -> Gradients:
 
     Raises
     ------
+    DyadsimError
+        Bad input (shapes, NaN, an unknown dtype or keyword argument).
     ConvergenceError
         When the computation overflows (inputs or weights that do not fit ``dtype``, or
         activations, error signals or gradients that become inf/NaN), naming what overflowed.
     """
+    if isinstance(net, Chip):
+        raise DyadsimError("backprop is the digital reference of a Network; for a chip use "
+                           "backprop(chip.network, x, y) or relax(chip, x, y)")
     dtype = check_dtype(dtype)
     X, Y, _ = net.check_xy(x, y)
     with np.errstate(over="ignore"):  # an overflowing cast is reported just below

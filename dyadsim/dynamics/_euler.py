@@ -22,6 +22,7 @@ from .._validate import (check_bool, check_choice, check_dtype, check_eta, check
                          check_real, checked_call)
 from ..errors import ConvergenceError, DyadsimError, PrecisionWarning
 from ._backprop import error_signal, param_grads
+from ._chip import Chip
 from ._precision import (STATES, _layer_extents, _raise_if_nonfinite, _report, _user_stacklevel,
                          check_finite_grads, default_accuracy, warn_if_imprecise)
 from ._result import GradientResult
@@ -29,10 +30,14 @@ from ._system import System
 
 __all__ = ["relax", "RelaxResult", "SCHEDULES", "STATES"]
 
-SCHEDULES = ("parallel", "wavefront")
+SCHEDULES = ("parallel", "wavefront", "async")
 
 #: ``record=True`` refuses to keep more history than this (two states per step)
 MAX_RECORD_BYTES = 2 * 2**30
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.2f} MiB"
 
 
 def _check_record(sysm, n_steps, at=None):
@@ -41,8 +46,8 @@ def _check_record(sysm, n_steps, at=None):
     if (n_steps + 1) * per > MAX_RECORD_BYTES:
         when = f" (reached at step {at})" if at is not None else ""
         raise DyadsimError(
-            f"record=True would keep {(n_steps + 1) * per / 2**30:.2f} GiB of history{when}, more "
-            f"than {MAX_RECORD_BYTES / 2**30:g} GiB: record fewer steps (steps=...), a smaller "
+            f"record=True would keep {_size((n_steps + 1) * per)} of history{when}, more "
+            f"than {_size(MAX_RECORD_BYTES)}: record fewer steps (steps=...), a smaller "
             "batch, or run without record")
 
 
@@ -172,6 +177,21 @@ class RelaxResult(GradientResult):
         """d after every step (``record=True``), or ``None``."""
         return self._derive("hd", "hx", "hz", lambda x, z: x - z)
 
+    def _setter(key):  # noqa: N805 - a helper of the class body
+        def set_(self, value):
+            self._arr[key] = value
+        return set_
+
+    x = x.setter(_setter("x"))
+    z = z.setter(_setter("z"))
+    m = m.setter(_setter("m"))
+    d = d.setter(_setter("d"))
+    history_x = history_x.setter(_setter("hx"))
+    history_z = history_z.setter(_setter("hz"))
+    history_m = history_m.setter(_setter("hm"))
+    history_d = history_d.setter(_setter("hd"))
+    del _setter
+
     @property
     def history(self):
         """``(history_x, history_z)`` or ``None`` when not recorded."""
@@ -191,12 +211,14 @@ def _default_tol(dtype) -> float:
 
 @checked_call
 def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="parallel", state="md",
-          tol=None, max_steps=100_000, record=False, progress=False) -> RelaxResult:
+          tol=None, max_steps=100_000, record=False, progress=False, seed=None) -> RelaxResult:
     """Relax the DBP saddle flow with explicit Euler from x = z = 0 and read out gradients.
+
+    ``net`` may be a :class:`~dyadsim.Chip`: its relaxation then runs on the chip engine.
 
     Parameters
     ----------
-    net : Network
+    net : Network or Chip
     x : array_like, (n_in,) or (B, n_in)
     y : array_like, (n_out,) or (B, n_out)
     eta : float
@@ -214,6 +236,8 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
         became final (forward wave at step depth(v), error wave at step L + 1 + the
         longest path from v to the output): same state at step 2L, backprop's cost.
         Its intermediate states differ from the parallel ones (unreached layers stay 0).
+        ``"async"``: no global clock, one neuron at a time drawn at random (runs until
+        ``tol``, at most ``max_steps`` sweeps of n updates; m and d are its state).
     state : ``"md"`` or ``"xz"``
         The encoding of the doubled state.  ``"md"`` (default) stores the activation m and
         the error signal d; the Euler map is the same, but d is exact however small it is,
@@ -229,7 +253,8 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
         eps in float32); the run also stops, converged and ``stalled``, when the residual,
         already below sqrt(eps), has not halved for max(50, 10/eta) steps (the rounding
         floor of the state; at eta > 1 the threshold sqrt(eps) grows by (eta / (2 - eta))^L, at
-        most 100x, since every layer amplifies the rounding noise there); only used when
+        most 100x, since every layer amplifies the rounding noise there, and with
+        ``state="xz"`` it is at least 10x the predicted rounding floor); only used when
         ``steps`` is None.  It is also the accuracy the rounding floor is held to (default:
         :func:`default_accuracy`, 1e-6 in float64); a run that stalled above it warns.
     max_steps : int
@@ -239,6 +264,9 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
         ``history_m``/``history_d``).
     progress : bool
         Show a progress bar (tqdm) for long relaxations.
+    seed : int, optional
+        The seed of the update order (``schedule="async"``), or a
+        :class:`~dyadsim.Chip`'s thermal-noise seed (``None``: the chip's own stream).
 
     Returns
     -------
@@ -258,6 +286,13 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
         When the predicted rounding floor of some layer exceeds the requested accuracy
         (``tol``, or :func:`default_accuracy`), naming the layer and the fix.
     """
+    if isinstance(net, Chip):
+        if state != "md":
+            raise DyadsimError("state applies to the relaxation of a Network; a chip relaxes "
+                               "its own physical model (see dyadsim.Chip)")
+        from ._chip_engine import relax_chip
+        return relax_chip(net, x, y, eta=eta, steps=steps, dtype=dtype, schedule=schedule, tol=tol,
+                          max_steps=max_steps, record=record, seed=seed)
     eta = check_eta(eta)
     schedule = check_choice("schedule", schedule, SCHEDULES)
     state = check_choice("state", state, STATES)
@@ -267,6 +302,23 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
     record = check_bool("record", record)
     progress = check_bool("progress", progress)
     dtype = check_dtype(dtype)
+    if schedule == "async":
+        if steps is not None or record:
+            raise DyadsimError("the async schedule runs until tol (steps and record do not apply)")
+        if state != "md":
+            raise DyadsimError("the async schedule updates m and d (state='md') only")
+        net.require_standard("relax(schedule='async')")
+        from ._async import relax_async
+
+        with np.errstate(over="ignore", invalid="ignore"):
+            res = relax_async(net, x, y, eta=eta, dtype=dtype, seed=seed, tol=tol,
+                              max_sweeps=max_steps)
+        check_finite_grads(res.grads, what="relax (async)", dtype=dtype)
+        ext = _layer_extents(net, res.m, res.d)
+        res.precision = _report(net, ext, "md", np.dtype(dtype).name,
+                                float(np.finfo(dtype).eps), eta)
+        res.state = "md"
+        return _diagnose(res, state, dtype, eta, tol)
     if steps is not None and steps > max_steps and schedule == "parallel":
         raise DyadsimError(
             f"steps={steps} exceeds the step budget max_steps={max_steps}; raise max_steps "
@@ -281,7 +333,6 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
     if record and (steps is not None or eta == 1.0 or schedule == "wavefront"):
         _check_record(sysm, min(steps, 2 * L) if schedule == "wavefront" and steps is not None
                       else (2 * L if steps is None else steps))
-    accuracy = tol if tol is not None else default_accuracy(dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         if schedule == "wavefront":
             res = _relax_wavefront(sysm, 2 * L if steps is None else min(steps, 2 * L),
@@ -291,6 +342,12 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
             fixed = steps is not None or eta == 1.0
             n_steps = steps if steps is not None else (2 * L if eta == 1.0 else max_steps)
             res = _relax_parallel(sysm, eta, n_steps, fixed, conv_tol, record, progress, state)
+    return _diagnose(res, state, dtype, eta, tol)
+
+
+def _diagnose(res, state, dtype, eta, tol):
+    """Fill ``info`` with the precision facts and warn where they fall short."""
+    accuracy = tol if tol is not None else default_accuracy(dtype)
     res.info.update({"state": state, "dtype": np.dtype(dtype).name, "accuracy": accuracy,
                      "precision_floor": res.precision.floor,
                      "precision": res.precision.to_dict()})
@@ -298,10 +355,12 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
     if res.converged:
         warn_if_imprecise(res.precision, accuracy, what=what)
     if res.stalled and res.residual > accuracy:
+        fixes = (["state='md'"] if state == "xz" else []) + (
+            ["dtype=float64"] if np.dtype(dtype) == np.float32 else []) + ["an eta closer to 1"]
         warnings.warn(
             f"{what}: stalled at the rounding floor of {np.dtype(dtype).name} with a last "
             f"relative update of {res.residual:.2g}, above the requested accuracy "
-            f"{accuracy:.2g}; fix: use dtype=float64, or an eta closer to 1",
+            f"{accuracy:.2g}; fix: use {', or '.join(fixes)}",
             PrecisionWarning, stacklevel=_user_stacklevel())
     return res
 
@@ -358,20 +417,45 @@ def _assemble(sysm, blocks) -> np.ndarray:
 
 def _blockwise_residual(sysm, m_all, d_all, dm, dd) -> float:
     """Largest update of any layer relative to that layer's largest value, for m and d
-    separately (d is often orders of magnitude below m).  A layer whose values head for
-    exactly zero (a relu layer that dies) is measured against 1e-6 of the largest value of
-    the whole state instead, or its relative update would stay near eta forever."""
-    tiny = np.finfo(sysm.dtype).tiny
-    m_floor = 1e-6 * float(np.max(np.abs(m_all))) if m_all.size else 0.0
-    d_floor = 1e-6 * float(np.max(np.abs(d_all))) if d_all.size else 0.0
+    separately (d is often orders of magnitude below m, and shrinks layer by layer towards
+    the input: each layer's d is measured against itself, never against the whole state).
+
+    A layer whose values head for exactly zero (a relu layer that dies, an error signal cut
+    off by saturated units) would keep a relative update near eta forever, so it is measured
+    against a floor instead: 1e-6 of the largest m of the whole state for m, 1e-6 of the
+    largest d of its successors (itself, at the output) for d, and never below
+    tiny / eps (values that close to underflow are zero for every purpose)."""
+    dt = sysm.dtype
+    tiny = float(np.finfo(dt).tiny)
+    absolute = tiny / float(np.finfo(dt).eps)
+    m_floor = max(1e-6 * _amax(m_all), absolute)
+    dmax = {v: _amax(d_all[:, sl]) for v, sl in sysm.slices.items()}
+    net = sysm.net
     worst = 0.0
-    for sl in sysm.slices.values():
-        um = float(np.max(np.abs(dm[:, sl])))
-        ud = float(np.max(np.abs(dd[:, sl])))
-        rm = um / (max(float(np.max(np.abs(m_all[:, sl]))), m_floor) + tiny) if um else 0.0
-        rd = ud / (max(float(np.max(np.abs(d_all[:, sl]))), d_floor) + tiny) if ud else 0.0
+    for v, sl in sysm.slices.items():
+        um = _amax(dm[:, sl])
+        ud = _amax(dd[:, sl])
+        ref_d = max((dmax[c] for c in net.succs[v]), default=dmax[v])
+        d_floor = max(1e-6 * ref_d, absolute)
+        rm = um / (max(_amax(m_all[:, sl]), m_floor) + tiny) if um else 0.0
+        rd = ud / (max(dmax[v], d_floor) + tiny) if ud else 0.0
         worst = max(worst, rm, rd)
     return worst
+
+
+def _noise_floor(sysm, state, eta, m, d) -> float:
+    """The predicted rounding floor of the state (relative error of the worst layer's d):
+    with ``state="xz"`` it includes the dynamic range, and a residual at that level is all
+    the encoding allows."""
+    ext = _layer_extents(sysm.net, m, d)
+    return _report(sysm.net, ext, state, "", float(np.finfo(sysm.dtype).eps), eta).floor
+
+
+def _amax(a) -> float:
+    """max|a| (0 for an empty array)."""
+    if not a.size:
+        return 0.0
+    return max(float(np.max(a)), -float(np.min(a)))
 
 
 def _relax_parallel(sysm, eta, n_steps, fixed, tol, record, progress, state):
@@ -437,7 +521,8 @@ def _relax_parallel(sysm, eta, n_steps, fixed, tol, record, progress, state):
             # while and still converge -- non-normal transients at eta > 1)
             if residual < best:
                 best, best_k = 0.5 * residual, k
-            elif k - best_k > stall_window and residual <= stall_floor:
+            elif k - best_k > stall_window and residual <= max(
+                    stall_floor, 10 * _noise_floor(sysm, state, eta, m_now, d_now)):
                 converged = stalled = True
                 break
     finally:
@@ -451,6 +536,11 @@ def _relax_parallel(sysm, eta, n_steps, fixed, tol, record, progress, state):
             f"(last relative update {residual:.3g}); raise max_steps or tol"
             + ("; with state='xz' the rounding of x and z may keep it from converging: try "
                "state='md'" if xz else "")
+            + (f"; at eta > 1 every layer amplifies the rounding noise of the iteration by up "
+               f"to eta/(2-eta) = {eta / (2 - eta):.3g}, about "
+               f"{float(np.finfo(sysm.dtype).eps) * (eta / (2 - eta)) ** sysm.net.depth:.2g} "
+               f"over the depth L={sysm.net.depth}: use eta <= 1 (eta=1 is exact in 2L steps)"
+               if eta > 1 else "")
         )
     steps = k if n_steps else 0
     if xz:

@@ -150,7 +150,7 @@ class Euler(Method):
     ----------
     eta : float
         Euler step in units of tau, in (0, 2); at ``eta=1`` the gradients are exact at step 2L.
-    schedule : ``"auto"``, ``"parallel"`` or ``"wavefront"``
+    schedule : ``"auto"``, ``"parallel"``, ``"wavefront"`` or ``"async"``
         ``"auto"`` takes the fastest exact schedule: the wavefront at ``eta=1``, the
         parallel one otherwise (the resolved schedule is in ``result.schedule``).
     **options
@@ -179,10 +179,6 @@ class Euler(Method):
             return "wavefront" if self.options["eta"] == 1.0 else "parallel"
         return s
 
-    def replace(self, **changes) -> "Euler":
-        opts = dict(self.options)
-        opts.update(changes)
-        return Euler(**opts)
 
     def run(self, net, x, y) -> GradientResult:
         opts = dict(self.options)
@@ -222,10 +218,6 @@ class ODE(Method):
             check_choice("ODE solver", solver, tuple(ODE_METHODS))
         self.options = {"solver": solver, **opts}
 
-    def replace(self, **changes) -> "ODE":
-        opts = dict(self.options)
-        opts.update(changes)
-        return ODE(**opts)
 
     def run(self, net, x, y) -> GradientResult:
         opts = dict(self.options)

@@ -8,6 +8,7 @@ import numpy as np
 from scipy.integrate import DOP853, LSODA, RK23, RK45, BDF, Radau
 
 from ..errors import ConvergenceError, DyadsimError
+from ._chip import Chip
 from ._gradients import Gradients
 from ._result import GradientResult
 from ._system import System
@@ -56,8 +57,11 @@ class ContinuousResult(GradientResult):
 
 def relax_continuous(net, x, y, *, method="DOP853", rtol=1e-10, atol=1e-13, tol=1e-11,
                      settle_tol=1e-6, t_max=None, jac="auto", dtype=np.float64,
-                     record=False, max_record_bytes=256 * 2**20, progress=False) -> ContinuousResult:
+                     record=False, max_record_bytes=256 * 2**20, progress=False,
+                     seed=None) -> ContinuousResult:
     """Integrate dx/dt = dE/dx, dz/dt = -dE/dz from x = z = 0 until steady state.
+
+    ``net`` may be a :class:`~dyadsim.Chip` (per-neuron tau; Euler-Maruyama when it has noise).
 
     Parameters
     ----------
@@ -70,7 +74,12 @@ def relax_continuous(net, x, y, *, method="DOP853", rtol=1e-10, atol=1e-13, tol=
     settle_tol : relative tolerance that defines the settling time ``t_settle``.
     t_max : give up (ConvergenceError) after this time; default ``20*(2L) + 200`` tau.
     jac : ``"auto"`` (supply it to implicit methods), ``True`` or ``False``.
+    seed : a :class:`~dyadsim.Chip`'s thermal-noise seed (``None``: the chip's own stream).
     """
+    if isinstance(net, Chip):  # a sampled chip: per-neuron tau, noise as an SDE
+        from ._chip_engine import relax_chip_continuous
+        return relax_chip_continuous(net, x, y, method=method, rtol=rtol, atol=atol, tol=tol,
+                                     settle_tol=settle_tol, t_max=t_max, dtype=dtype, seed=seed)
     if method not in ODE_METHODS:
         raise DyadsimError(f"unknown ODE method {method!r}; valid methods: {', '.join(ODE_METHODS)}")
     sysm = System(net, x, y, dtype)

@@ -112,7 +112,7 @@ class LayerPrecision:
     node : hashable
         The layer node.
     max_m, max_d : float
-        The largest absolute activation and error signal of the layer over the batch.
+        The largest magnitude of the layer's activations and of its error signals over the batch.
     dynamic_range : float
         ``max_d / max_m``.
     local_floor : float
@@ -236,9 +236,9 @@ def rounding_floor(net, m, d, *, state="xz", dtype=np.float64, eta=1.0, eps=None
     * ``state="md"``: d is stored as itself; ``floor_v = c * eps * (1 + rdepth(v))`` (one
       rounding per layer between v and the output), the floor of backprop.
 
-    Measured on deep sigmoid MLPs (float64, widths 16, L = 20) the measured relative error
-    of d_v is 0.5 to 1.3 times this prediction in every layer at eta = 1, and up to ~3 times
-    at eta = 0.2 (docs/theory.md section 7).
+    Measured on deep sigmoid MLPs (float64, width 16, L = 20) the relative error of d_v is
+    0.5 to 1.2 times this prediction in every layer at eta = 1 and 0.7 to 1.4 times at
+    eta = 0.5 (docs/theory.md section 7).
 
     Parameters
     ----------

@@ -12,6 +12,9 @@ Each experiment writes ``NAME.png`` (matplotlib, Agg canvas), ``NAME.csv`` and
   relaxed gradients in float32 and float64, split into norm and direction error.
 * ``analog``    -- a small network trained with ngspice gradients (``method="spice"``)
   next to backprop on the same minibatches.
+* ``hardware``  -- the depth-9 MLP trained with the gradients of sampled chips
+  (:class:`dyadsim.Chip`): final accuracy and gradient misalignment against the size of
+  each non-ideality, backprop as the reference.
 
 ``quick=True`` shrinks every setting so that a run takes seconds (for tests); the full
 settings are the ones documented in ``docs/experiments.md``.
@@ -31,14 +34,16 @@ import inspect
 from ..errors import DyadsimError
 from ._accuracy import EULER_STEP_BUDGET, accuracy
 from ._analog import analog
+from ._hardware import HARDWARE_AXES, hardware
 from ._common import DEPTH9
 from ._precision import precision
 from ._steps import steps
 
 __all__ = ["EXPERIMENTS", "run_experiment", "accuracy", "steps", "precision", "analog",
-           "DEPTH9", "EULER_STEP_BUDGET"]
+           "DEPTH9", "EULER_STEP_BUDGET", "hardware", "HARDWARE_AXES"]
 
-EXPERIMENTS = {"accuracy": accuracy, "steps": steps, "precision": precision, "analog": analog}
+EXPERIMENTS = {"accuracy": accuracy, "steps": steps, "precision": precision, "analog": analog,
+               "hardware": hardware}
 
 
 def run_experiment(name, out_dir, quick=False, seeds=None, progress=True, **options):
@@ -48,7 +53,7 @@ def run_experiment(name, out_dir, quick=False, seeds=None, progress=True, **opti
     ----------
     name : str
         One of :data:`EXPERIMENTS`: ``"accuracy"``, ``"steps"``, ``"precision"``,
-        ``"analog"`` (case and surrounding blanks ignored).
+        ``"analog"``, ``"hardware"`` (case and surrounding blanks ignored).
     out_dir : str or path-like
         Folder for ``NAME.png``, ``NAME.csv`` and ``NAME.json`` (created if missing).
     quick : bool

@@ -23,9 +23,10 @@ from ._engine import SCHEDULERS
 from ._result import ALL_TENSORS, COLUMNS, MonteCarloResult
 from ._run import DIALECTS, RESCUABLE, monte_carlo, readout_perturbed, simulate_robust
 from ._sweep import SweepResult, plot_sweep, sweep
+from ._chips import ENGINES, REFERENCES, ChipSpec, chip_monte_carlo
 
 __all__ = ["Mismatch", "Quantization", "AmplifierNonideal", "ThermalNoise", "WireResistance",
            "Nonideality", "perturbed_netlist", "compile_device_netlist", "OpAmp", "BJTModel",
            "monte_carlo", "MonteCarloResult", "sweep", "SweepResult", "plot_sweep",
            "simulate_robust", "readout_perturbed", "ALL_TENSORS", "COLUMNS", "DIALECTS",
-           "SCHEDULERS", "RESCUABLE"]
+           "SCHEDULERS", "RESCUABLE", "chip_monte_carlo", "ChipSpec", "ENGINES", "REFERENCES"]

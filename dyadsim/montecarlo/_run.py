@@ -222,7 +222,8 @@ def compile_base(net, x, y, dialect="behavioral", analysis="op", **compile_optio
 
 def monte_carlo(net, x, y, *, nonidealities=(), runs=200, dialect="behavioral", scheduler=None,
                 workers=None, seed=0, progress=True, timeout=120.0, analysis="op", average=None,
-                compile_options=None, _engine=None) -> MonteCarloResult:
+                compile_options=None, chip=None, engine=None, reference="network", chunk=None,
+                _engine=None) -> MonteCarloResult:
     """Monte Carlo of the analog gradient under non-idealities, on Dask.
 
     Parameters
@@ -242,7 +243,28 @@ def monte_carlo(net, x, y, *, nonidealities=(), runs=200, dialect="behavioral", 
     average : for transients, read out the node voltages averaged over this last fraction
         of the run (default 0.25 with thermal noise, else the final point).
     compile_options : keyword arguments of the compiler (``gain``, ``opamp``, ``bjt``, ...).
+    chip : dict of :meth:`dyadsim.Chip.sample` options: a Monte Carlo over sampled chips
+        (run r is ``Chip.sample(net, seed=[seed, r], **chip)``) on ``engine`` =
+        ``"dynamics"`` (default with a chip) or ``"spice"``, compared with backprop of the
+        nominal network or (``reference="chip"``) of ``chip.network``; see
+        :func:`dyadsim.montecarlo.chip_monte_carlo` (``chunk``: chips per Dask task of the
+        dynamics engine).  Not combined with ``nonidealities``.
     """
+    if chip is not None or engine not in (None, "spice"):
+        from ._chips import chip_monte_carlo
+
+        if chip is None:
+            raise DyadsimError(f"engine={engine!r} runs sampled chips: give chip={{...}} "
+                               "(Chip.sample options); the circuit non-idealities run on ngspice")
+        if nonidealities:
+            raise DyadsimError("chip= and nonidealities= do not combine: the chip's non-idealities "
+                               "are model-level; circuit-only ones are IR transforms")
+        return chip_monte_carlo(net, x, y, chip=chip, runs=runs, engine=engine or "dynamics",
+                                seed=seed, scheduler=scheduler, workers=workers,
+                                progress=progress, timeout=timeout, reference=reference,
+                                compile_options=compile_options, chunk=chunk, _engine=_engine)
+    if chunk is not None:
+        raise DyadsimError("chunk= is for the chip Monte Carlo on the dynamics engine (chip=...)")
     from ..circuits import ThermalNoise, check_nonidealities
     from ..dynamics import backprop
     from ..network import param_name

@@ -516,6 +516,11 @@ class Network:
                 f"{what} does not support general node {v!r} ({self.node_ops[v].kind}); it needs "
                 "layer nodes that sum linear edges and apply an elementwise activation (use "
                 "dyadsim.backprop, relax or relax_continuous with an explicit solver)")
+        for (p, v), op in self.edge_ops.items():
+            if op.kind == "batchnorm":
+                raise DyadsimError(
+                    f"{what} does not support the batchnorm edge {p!r} -> {v!r} (an affine map); "
+                    "use dyadsim.backprop, relax or relax_continuous")
 
     def node_delta(self, node, slope, d):
         """What node ``node`` sends back to its parents, from its error signal ``d``:

@@ -41,10 +41,6 @@ class Spice(Method):
         opts = self._check_options(options)
         self.options = {"analysis": analysis, "dialect": dialect, "backend": backend, **opts}
 
-    def replace(self, **changes) -> "Spice":
-        opts = dict(self.options)
-        opts.update(changes)
-        return Spice(**opts)
 
     def run(self, net, x, y):
         return spice_gradients(net, x, y, **self.options)

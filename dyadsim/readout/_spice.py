@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..circuits import GAIN_NODE, TAU_NODE, compile_netlist, layer_identifiers, node_name, target_node
-from ..dynamics import GradientResult, Gradients, System
+from ..dynamics import Chip, GradientResult, Gradients, System
 from ..errors import DyadsimError
 
 __all__ = ["readout", "spice_gradients", "SpiceGradients", "relaxation_trace", "settling_time",
@@ -231,6 +231,31 @@ class SpiceGradients(GradientResult):
 DIALECTS = ("behavioral", "device")
 
 
+def _compile_and_simulate(compile_one, X, Y, *, analysis, per_sample, backend, processes,
+                          timeout, keep_files):
+    """Compile one netlist for the batch (or one per sample) and simulate it (them, as
+    parallel subprocesses); returns ``(netlists, results, (t0, t1, t2))``."""
+    from ..simulator import simulate, simulate_many
+
+    t0 = time.perf_counter()
+    if per_sample and X.shape[0] > 1:
+        netlists = [compile_one(X[b], Y[b]) for b in range(X.shape[0])]
+    else:
+        netlists = [compile_one(X, Y)]
+    t1 = time.perf_counter()
+    if len(netlists) == 1:
+        results = [simulate(netlists[0], analysis=analysis, backend=backend, timeout=timeout,
+                            keep_files=keep_files)]
+    else:
+        if backend not in ("auto", "subprocess"):
+            raise DyadsimError(
+                f"per_sample=True runs the samples as parallel ngspice subprocesses; backend "
+                f"{backend!r} cannot do that (use backend='auto' or 'subprocess')")
+        results = simulate_many(netlists, analysis=analysis, processes=processes, timeout=timeout,
+                                keep_files=keep_files)
+    return netlists, results, (t0, t1, time.perf_counter())
+
+
 def spice_gradients(net, x, y, *, analysis="op", gain=1.0, backend="auto", per_sample=False,
                     processes=2, timeout=600.0, keep_files=False, settle_tol=1e-6,
                     dialect="behavioral", **compile_options) -> SpiceGradients:
@@ -245,32 +270,27 @@ def spice_gradients(net, x, y, *, analysis="op", gain=1.0, backend="auto", per_s
     BJT pairs: :func:`~dyadsim.circuits.compile_device_netlist`, tanh/identity and mse only).
     ``backend`` and ``keep_files`` apply with ``per_sample=True`` too (several samples
     always run as ``ngspice -b`` subprocesses, in parallel).
+
+    ``net`` may be a :class:`~dyadsim.Chip`: its values go into the netlist and its
+    converters read it out (the chip's own cost gain applies).
     """
-    from ..simulator import simulate, simulate_many
     from ..circuits import compile_device_netlist
+
+    if isinstance(net, Chip):
+        from ._chip_spice import chip_spice_gradients
+        return chip_spice_gradients(
+            net, x, y, analysis=analysis, gain=None if gain == 1.0 else gain, backend=backend,
+            per_sample=per_sample, processes=processes, timeout=timeout, keep_files=keep_files,
+            settle_tol=settle_tol, dialect=dialect, **compile_options)
 
     if dialect not in DIALECTS:
         raise DyadsimError(f"unknown dialect {dialect!r}; valid: {', '.join(DIALECTS)}")
     compile_fn = compile_netlist if dialect == "behavioral" else compile_device_netlist
     X, Y, _ = net.check_xy(x, y)
-    t0 = time.perf_counter()
-    if per_sample and X.shape[0] > 1:
-        netlists = [compile_fn(net, X[b], Y[b], analysis=analysis, gain=gain, **compile_options)
-                    for b in range(X.shape[0])]
-    else:
-        netlists = [compile_fn(net, X, Y, analysis=analysis, gain=gain, **compile_options)]
-    t1 = time.perf_counter()
-    if len(netlists) == 1:
-        results = [simulate(netlists[0], analysis=analysis, backend=backend, timeout=timeout,
-                            keep_files=keep_files)]
-    else:
-        if backend not in ("auto", "subprocess"):
-            raise DyadsimError(
-                f"per_sample=True runs the samples as parallel ngspice subprocesses; backend "
-                f"{backend!r} cannot do that (use backend='auto' or 'subprocess')")
-        results = simulate_many(netlists, analysis=analysis, processes=processes, timeout=timeout,
-                                keep_files=keep_files)
-    t2 = time.perf_counter()
+    netlists, results, (t0, t1, t2) = _compile_and_simulate(
+        lambda xb, yb: compile_fn(net, xb, yb, analysis=analysis, gain=gain, **compile_options),
+        X, Y, analysis=analysis, per_sample=per_sample, backend=backend, processes=processes,
+        timeout=timeout, keep_files=keep_files)
     parts = [readout(net, r, gain=gain) for r in results]
     if len(parts) == 1:
         grads = parts[0]

@@ -62,6 +62,9 @@ class History:
     relax_mean: list = field(default_factory=list)
     relax_max: list = field(default_factory=list)
     wall_time: list = field(default_factory=list)
+    #: hardware-aware training (``train(chip=...)``): the chip's own evaluation, ``initial``
+    #: and per-epoch lists ``train_loss``, ``train_accuracy``, ``test_loss``, ``test_accuracy``
+    chip: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ conveniences
     def __len__(self) -> int:
@@ -129,6 +132,8 @@ class History:
              "stopped": self.stopped}
         for f in EPOCH_FIELDS:
             d[f] = [_clean(v) for v in getattr(self, f)]
+        if self.chip:
+            d["chip"] = _jsonable(self.chip)
         return d
 
     @classmethod
@@ -143,6 +148,7 @@ class History:
             if len(vals) != n:
                 raise DyadsimError(f"history field {f!r} has {len(vals)} entries, expected {n}")
             setattr(h, f, vals)
+        h.chip = dict(d.get("chip") or {})
         return h
 
     def to_json(self, path: str | PathLike | None = None, indent: int = 2) -> str:

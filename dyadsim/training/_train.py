@@ -226,6 +226,16 @@ def _eval_all(net, data):
     return {"train_loss": tr_l, "train_accuracy": tr_a, "test_loss": te_l, "test_accuracy": te_a}
 
 
+def _eval_chip(chip, data, epoch):
+    """The chip's inference on both splits (noise sample ``epoch`` where it has noise)."""
+    from ._chip import evaluate_chip
+
+    with np.errstate(all="ignore"):
+        tr = evaluate_chip(chip, data.x_train, data.labels_train, _targets(data, data.y_train), 2 * epoch)
+        te = evaluate_chip(chip, data.x_test, data.labels_test, _targets(data, data.y_test), 2 * epoch + 1)
+    return {"train_loss": tr[0], "train_accuracy": tr[1], "test_loss": te[0], "test_accuracy": te[1]}
+
+
 def _snapshot(net):
     return {k: v.copy() for k, v in net.params.items()}
 
@@ -249,7 +259,7 @@ def _finite_grads(grads, keys):
 def train(net, data="digits", method="backprop", eta=1.0, optimizer="sgd", lr=None, epochs=10,
           batch_size=32, seed=0, dtype=np.float64, checkpoint_dir=None, progress=True,
           spice_options=None, relax_options=None, callback=None,
-          optimizer_options=None) -> History:
+          optimizer_options=None, chip=None) -> History:
     """Train ``net`` by minibatch gradient descent; only the gradient source depends on ``method``.
 
     Parameters
@@ -285,6 +295,15 @@ def train(net, data="digits", method="backprop", eta=1.0, optimizer="sgd", lr=No
     callback : ``callback(epoch, history, net)`` after every epoch (1-based); return
         ``False`` to stop training early.
     optimizer_options : e.g. ``{"momentum": 0.9}`` for SGD, ``{"beta1": 0.9}`` for Adam.
+    chip : a :class:`dyadsim.Chip` or a dict of :meth:`dyadsim.Chip.sample` options
+        (sampled with ``seed`` unless the dict has its own ``"seed"``): hardware-aware
+        training.  Every gradient comes from that chip's relaxation (its devices fixed,
+        programmed with the current weights, fresh thermal noise every step) by
+        ``method`` (``"backprop"`` means the chip's steady state, ``"euler"`` at eta = 1;
+        ``"euler"``, ``"ode"``, ``"spice"`` as named).  ``History.chip`` holds the
+        chip's own accuracy and loss after every epoch (inference through the chip: its
+        weights, gains and offsets, and a sample of its noise), beside the ideal
+        network's in the usual fields.
 
     Returns
     -------
@@ -307,6 +326,14 @@ def train(net, data="digits", method="backprop", eta=1.0, optimizer="sgd", lr=No
     data = _resolve_data(data)
     net = _resolve_net(net, seed)
     _check_widths(net, data)
+    chip_obj = None
+    if chip is not None:  # hardware-aware: the gradients come from the chip
+        from ._chip import chip_gradient_source, make_chip
+
+        chip_obj = make_chip(chip, net, seed)
+        grad_fn = chip_gradient_source(chip_obj, method_obj)
+        method_obj = grad_fn.method
+        method_name = method_obj.name
     ckpt = None
     if checkpoint_dir is not None:
         ckpt = Path(checkpoint_dir)
@@ -331,10 +358,13 @@ def train(net, data="digits", method="backprop", eta=1.0, optimizer="sgd", lr=No
             "loss": net.loss.name, "n_params": net.n_params,
             "relax_options": _jsonable_opts(relax_options),
             "spice_options": _jsonable_opts(spice_options),
+            "chip": None if chip_obj is None else dict(chip_obj.config),
         },
         relax_unit=None if method_name == "spice" else method_obj.effort_unit,
     )
     hist.initial = _eval_all(net, data)
+    if chip_obj is not None:
+        hist.chip = {"initial": _eval_chip(chip_obj, data, 0)}
     good = _snapshot(net)  # last good parameters (end of the last finished epoch)
     last_good_file = None
     best_acc = -math.inf
@@ -391,6 +421,9 @@ def train(net, data="digits", method="backprop", eta=1.0, optimizer="sgd", lr=No
                           f"epoch {epoch}/{epochs}, after the last batch",
                           f"parameter {bad_param} became non-finite", None)
             metrics = _eval_all(net, data)
+            if chip_obj is not None:
+                for k, v in _eval_chip(chip_obj, data, epoch).items():
+                    hist.chip.setdefault(k, []).append(v)
             if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])):
                 _diverged(net, good, hist, ckpt, last_good_file, epoch, n_batches,
                           f"epoch {epoch}/{epochs}, evaluation after the epoch",
