@@ -13,6 +13,7 @@ of the steady state, and compare them with exact backprop.
 from .errors import ConvergenceError, DyadsimError, DyadsimException, PrecisionWarning, SimulatorError
 from .network import (
     ACTIVATIONS, LOSSES, AvgPool2d, Conv2d, Dense, Network, from_torch, load, mlp, random_dag, to_torch,
+    torch_gradients,
 )
 from .dynamics import Chip, ChipBatchResult, relax_chips
 from .dynamics import (
@@ -31,7 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConvergenceError", "DyadsimError", "DyadsimException", "SimulatorError", "PrecisionWarning",
-    "ACTIVATIONS", "LOSSES", "Network", "load", "mlp", "random_dag", "from_torch", "to_torch",
+    "ACTIVATIONS", "LOSSES", "Network", "load", "mlp", "random_dag", "from_torch", "to_torch", "torch_gradients",
     "Conv2d", "AvgPool2d", "Dense",
     "GradientResult", "Method", "Backprop", "Euler", "ODE", "Spice", "METHODS", "get_method",
     "ContinuousResult", "Gradients", "RelaxResult", "backprop", "energy", "flow",

@@ -249,12 +249,15 @@ def test_export_round_trip(torch):
     np.testing.assert_allclose(model(x).detach().numpy(), net.predict(x.numpy()), atol=1e-13)
 
 
-def test_unsupported_layers_are_named(torch):
-    with pytest.raises(DyadsimError, match="MaxPool2d"):
-        dyadsim.from_torch(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.MaxPool2d(2)), (1, 8, 8))
-    with pytest.raises(DyadsimError, match="Flatten"):
-        dyadsim.from_torch(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Linear(72, 3)), (1, 8, 8))
-    with pytest.raises(DyadsimError, match="Sequential"):
-        dyadsim.from_torch(torch.nn.Linear(3, 2), (3,))
-    with pytest.raises(DyadsimError, match="two activations"):
-        dyadsim.from_torch(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Tanh(), torch.nn.ReLU()), (3,))
+def test_formerly_refused_layers_import_and_missing_flatten_is_named(torch):
+    """MaxPool2d, a bare module and two activations in a row go through torch.fx now."""
+    nn = torch.nn
+    net = dyadsim.from_torch(nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2)), (1, 8, 8))
+    assert net.node_ops[net.output].kind == "maxpool2d"
+    assert len(dyadsim.from_torch(nn.Linear(3, 2), (3,)).nodes) == 1
+    x = np.random.default_rng(0).normal(size=(4, 3))
+    model = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.ReLU()).double()
+    two = dyadsim.from_torch(model, (3,))
+    np.testing.assert_allclose(two.predict(x), model(torch.tensor(x)).detach().numpy(), atol=1e-14)
+    with pytest.raises(DyadsimError, match="needs a flat input"):
+        dyadsim.from_torch(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Linear(72, 3)), (1, 8, 8))

@@ -347,16 +347,16 @@ def _assert_lists(msg, names):
 
 @pytest.mark.parametrize("where", ["mlp", "mlp-output", "dag", "graph"])
 def test_unknown_activation_lists_valid_ones(where):
-    with user_error("unknown activation 'gelu'") as ei:
+    with user_error("unknown activation 'mish'") as ei:
         if where == "mlp":
-            dyadsim.mlp("3-4-2", activation="gelu")
+            dyadsim.mlp("3-4-2", activation="mish")
         elif where == "mlp-output":
-            dyadsim.mlp("3-4-2", output_activation="gelu")
+            dyadsim.mlp("3-4-2", output_activation="mish")
         elif where == "dag":
-            dyadsim.random_dag(activations=["tanh", "gelu"])
+            dyadsim.random_dag(activations=["tanh", "mish"])
         else:
             G = _chain_graph()
-            G.nodes["h2"]["activation"] = "gelu"
+            G.nodes["h2"]["activation"] = "mish"
             dyadsim.Network.from_graph(G)
     _assert_lists(str(ei.value), ACTIVATIONS)
 

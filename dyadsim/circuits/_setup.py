@@ -279,6 +279,16 @@ class Frame:
 
 def start(net, x, y, t0) -> Frame:
     """Check the batch against the network and name its layers."""
+    for v in net.general_nodes:
+        raise DyadsimError(
+            f"compile_netlist: node {v!r} is a {net.node_ops[v].kind} node, which has no circuit yet "
+            "(circuits exist for layers that sum linear edges and apply tanh, sigmoid, relu, "
+            "softplus or identity)")
+    for (p, v), op in net.edge_ops.items():
+        if op.kind == "batchnorm":
+            raise DyadsimError(
+                f"compile_netlist: edge {p!r} -> {v!r} is a batchnorm edge (affine: its offset "
+                "-gamma mean / sqrt(var + eps) has no circuit yet)")
     X, Y, _ = net.check_xy(x, y)
     return Frame(net, X, Y, layer_identifiers(net), t0)
 

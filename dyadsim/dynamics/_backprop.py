@@ -28,7 +28,8 @@ def error_signal(net, node, delta, weights, a_out=None, Y=None) -> np.ndarray:
     net : Network
     node : a non-input node
     delta : mapping ``{node: (B, size)}`` holding ``delta_c = sigma'(u_c) * d_c`` of every
-        successor of ``node``
+        successor of ``node`` (for a general successor: its :class:`Pullback`, as
+        :meth:`Network.node_delta` forms it)
     weights : mapping ``{(src, dst): array}`` (:meth:`Network.edge_weights`)
     a_out, Y : the output's activations and the targets (used when ``node`` is the output)
 
@@ -37,8 +38,12 @@ def error_signal(net, node, delta, weights, a_out=None, Y=None) -> np.ndarray:
     ndarray, (B, size)
     """
     d = None
+    general = net.node_ops
     for c in net.succs[node]:
-        contrib = net.edge_ops[(node, c)].backward(weights.get((node, c)), delta[c])
+        if c in general:  # a general node's pullback J^T d_c, already formed
+            contrib = delta[c][node]
+        else:
+            contrib = net.edge_ops[(node, c)].backward(weights.get((node, c)), delta[c])
         d = contrib if d is None else d.__iadd__(contrib)
     if node == net.output:
         g = net.loss.grad(a_out, Y)
@@ -131,7 +136,7 @@ def backprop(net, x, y, dtype=np.float64, *, backend="numpy", device=None) -> Gr
         delta, d = {}, {}
         for v in reversed(net.nodes):
             d[v] = error_signal(net, v, delta, weights, a[net.output], Yd)
-            delta[v] = slope[v] * d[v]
+            delta[v] = net.node_delta(v, slope[v], d[v])
         loss = float(np.mean(net.loss.value(a[net.output], Yd)))
         grads = param_grads(net, delta, a, weights, B, method="backprop")
     grads.loss = loss

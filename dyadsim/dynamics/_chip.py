@@ -139,6 +139,7 @@ class Chip:
 
     def __init__(self, net, config, seed, draws):
         # internal: use Chip.sample
+        net.require_standard("a Chip (the chip engine)")
         self.net = net
         self.config = config
         self.seed = seed

@@ -324,6 +324,7 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
             raise DyadsimError("the async schedule runs until tol (steps and record do not apply)")
         if state != "md":
             raise DyadsimError("the async schedule updates m and d (state='md') only")
+        net.require_standard("relax(schedule='async')")
         from ._async import relax_async
 
         with np.errstate(over="ignore", invalid="ignore"):
@@ -615,7 +616,7 @@ def _relax_wavefront(sysm, n_steps, record, state):
                 mv *= 0.5
                 a[v], xb[v], zb[v] = mv, xv, zv
             dblk[v] = dv
-            delta[v] = slope[v] * dv
+            delta[v] = net.node_delta(v, slope[v], dv)
         if record:
             hist.append(snapshot())
     done = n_steps >= 2 * L

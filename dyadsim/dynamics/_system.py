@@ -10,6 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._validate import check_dtype
+from ..errors import DyadsimError
 from ._backprop import param_grads
 from ._gradients import Gradients
 from ._precision import check_representable
@@ -48,13 +49,18 @@ class System:
             if W is not None:
                 check_representable(f"weight W[{p}->{v}]", net.params[("W", p, v)], W)
         w = self.weights.get
-        # internal edges (both ends stacked) as (src_slice, dst_slice, op, W), in topological order
+        gen = net.node_ops
+        #: the layer nodes (sum of linear edges, elementwise activation) and the general ones
+        self.layer_nodes = tuple(v for v in net.nodes if v not in gen)
+        self.general = tuple(v for v in net.nodes if v in gen)
+        # internal edges (both ends stacked) as (src_slice, dst_slice, op, W), in topological
+        # order; the edges into general nodes are not linear maps and are left out
         self.edges = [(self.slices[p], self.slices[v], net.edge_ops[(p, v)], w((p, v)))
-                      for v in net.nodes for p in net.preds[v] if p != inp]
+                      for v in self.layer_nodes for p in net.preds[v] if p != inp]
         self.in_edges = {v: [(self.slices[p], net.edge_ops[(p, v)], w((p, v)))
-                             for p in net.preds[v] if p != inp] for v in net.nodes}
+                             for p in net.preds[v] if p != inp] for v in self.layer_nodes}
         self.out_edges = {v: [(self.slices[c], net.edge_ops[(v, c)], w((v, c)))
-                              for c in net.succs[v]] for v in net.nodes}
+                              for c in net.succs[v] if c not in gen] for v in net.nodes}
         self.out = self.slices[net.output]
         self._beta = None
 
@@ -69,7 +75,9 @@ class System:
     def preact(self, m, nodes=None) -> np.ndarray:
         """u = W m + beta (only the given nodes' columns are filled when ``nodes`` is set)."""
         u = self.beta.copy()
-        for v in (self.net.nodes if nodes is None else nodes):
+        for v in (self.layer_nodes if nodes is None else nodes):
+            if v in self.net.node_ops:
+                continue
             sl = self.slices[v]
             for psl, op, W in self.in_edges[v]:
                 u[:, sl] += op.forward(W, m[:, psl])
@@ -78,7 +86,9 @@ class System:
     def apply(self, which, u, nodes=None, out=None):
         """sigma (which=0), sigma' (1) or sigma'' (2) of u, block by block."""
         res = np.zeros_like(u) if out is None else out
-        for v in (self.net.nodes if nodes is None else nodes):
+        for v in (self.layer_nodes if nodes is None else nodes):
+            if v in self.net.node_ops:
+                continue
             sl = self.slices[v]
             act = self.acts[v]
             res[:, sl] = (act.f, act.df, act.d2f)[which](u[:, sl])
@@ -97,11 +107,41 @@ class System:
         g[:, self.out] = self.net.loss.grad(m[:, self.out], self.Y)
         return g
 
-    def flow_md(self, m, d):
-        """(dm/dt, dd/dt, u) at (m, d)."""
+    def _general_forward(self, m, F):
+        """Fill F's columns of the general nodes with f_v(m_parents); their linearisation
+        points ``{node: ctx}``."""
+        net = self.net
+        ctx = {}
+        for v in self.general:
+            ins = [self.X if p == net.input else m[:, self.slices[p]] for p in net.preds[v]]
+            F[:, self.slices[v]], ctx[v] = net.node_ops[v].forward(ins)
+        return ctx
+
+    def _general_backward(self, ctx, d, r):
+        """Add J_{f_v, p}^T d_v of every general node v into its parents' columns of r."""
+        net = self.net
+        for v in self.general:
+            for p, g in zip(net.preds[v], net.node_ops[v].vjp(ctx[v], d[:, self.slices[v]])):
+                if p != net.input:
+                    r[:, self.slices[p]] += g
+
+    def fmap(self, m):
+        """(f(m), u, ctx): every node's target f_v(m) (sigma(u_v) for a layer node), the
+        pre-activations and the general nodes' linearisation points."""
         u = self.preact(m)
-        dm = self.apply(0, u) - m
-        dd = self.backward(self.apply(1, u) * d) - d + self.cost_grad(m)
+        F = self.apply(0, u)
+        ctx = self._general_forward(m, F) if self.general else {}
+        return F, u, ctx
+
+    def flow_md(self, m, d):
+        """(dm/dt, dd/dt, u) at (m, d): dm/dt = f(m) - m, dd/dt = J_f(m)^T d - d + g."""
+        F, u, ctx = self.fmap(m)
+        dm = F - m
+        dd = self.backward(self.apply(1, u) * d)
+        if self.general:
+            self._general_backward(ctx, d, dd)
+        dd -= d
+        dd += self.cost_grad(m)
         return dm, dd, u
 
     def flow_xz(self, x, z):
@@ -114,7 +154,7 @@ class System:
         """E(x, z) = d^T F(m) + C(m_L, y), per sample."""
         m = 0.5 * (x + z)
         d = x - z
-        F = self.apply(0, self.preact(m)) - m
+        F = self.fmap(m)[0] - m
         return np.sum(d * F, axis=1) + self.net.loss.value(m[:, self.out], self.Y)
 
     # ---------------------------------------------------------------- readout
@@ -135,8 +175,8 @@ class System:
         (or of delta = sigma'(u) * d directly, when the caller has formed it); the one
         parameter-gradient readout :func:`param_grads` that backprop uses too."""
         net = self.net
-        if delta is None:
-            delta = {v: slope[v] * d[v] for v in net.nodes}
+        if delta is None:  # the general nodes have no parameters: their delta is not read
+            delta = {v: slope[v] * d[v] for v in self.layer_nodes}
         acts = dict(m)
         acts[net.input] = self.X
         grads = param_grads(net, delta, acts, self.weights, self.B, method=method)
@@ -148,8 +188,14 @@ class System:
     def jacobian(self, x, z) -> sp.csr_matrix:
         """d(dx/dt, dz/dt)/d(x, z), block-diagonal over samples.
 
-        Variables are ordered sample by sample, [x_b, z_b] for b = 0..B-1.
+        Variables are ordered sample by sample, [x_b, z_b] for b = 0..B-1.  Not available
+        for networks with general nodes (a :class:`~dyadsim.errors.DyadsimError` names one).
         """
+        for v in self.general:
+            raise DyadsimError(
+                f"the analytic Jacobian of the flow (implicit ODE solvers Radau/BDF/LSODA, "
+                f"flow_jacobian) does not support general node {v!r} ({self.net.node_ops[v].kind}): "
+                "use an explicit solver (e.g. relax_continuous(method='DOP853')) or relax")
         W = self.net.W.astype(self.dtype)
         n = self.n
         I = sp.identity(n, format="csr", dtype=self.dtype)

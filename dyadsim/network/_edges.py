@@ -18,7 +18,8 @@ import scipy.sparse as sp
 
 from ..errors import DyadsimError
 
-__all__ = ["EdgeOp", "Dense", "Conv2d", "AvgPool2d", "EDGE_OPS", "make_edge_op", "window_out_shape",
+__all__ = ["EdgeOp", "Dense", "Conv2d", "AvgPool2d", "Identity", "ChannelAffine", "AdaptiveAvgPool2d",
+           "EDGE_OPS", "make_edge_op", "window_out_shape",
            "MAX_CONNECTIONS"]
 
 
@@ -129,8 +130,8 @@ def _pair(v, name):
     return _int(items[0], name), _int(items[1], name)
 
 
-def _out_size(n, k, s, p, what):
-    o = (n + 2 * p - k) // s + 1
+def _out_size(n, k, s, p, what, p2=None):
+    o = (n + p + (p if p2 is None else p2) - k) // s + 1
     if o < 1:
         raise DyadsimError(f"{what}: kernel {k} with padding {p} does not fit an input of size {n}")
     return o
@@ -155,15 +156,32 @@ def _check_connections(what, count):
             "have (check its padding, stride and kernel size)")
 
 
-def window_out_shape(kind, in_shape, kernel_size, stride=None, padding=0, out_channels=None):
-    """Output (C, H, W) of a conv2d/avgpool2d edge, validated, without building it.
+def _padding4(padding):
+    """(top, bottom, left, right) from an int, a pair (h, w) or four ints."""
+    if not isinstance(padding, (str, bytes)):
+        try:
+            items = list(padding)
+        except TypeError:
+            items = None
+        if items is not None and len(items) == 4:
+            return tuple(_int(v, "padding") for v in items)
+    ph, pw = _pair(padding, "padding")
+    return ph, ph, pw, pw
+
+
+def window_out_shape(kind, in_shape, kernel_size, stride=None, padding=0, out_channels=None,
+                     dilation=1, groups=1):
+    """Output (C, H, W) of a conv2d/avgpool2d/maxpool2d window, validated, without building it.
 
     Parameters
     ----------
-    kind : ``"conv2d"`` or ``"avgpool2d"``.
+    kind : ``"conv2d"``, ``"avgpool2d"`` or ``"maxpool2d"``.
     in_shape : the source's (C, H, W).
-    kernel_size, stride, padding : ints or pairs (stride None: conv 1, pooling the kernel).
+    kernel_size, stride : ints or pairs (stride None: conv 1, pooling the kernel).
+    padding : an int, a pair (h, w), or (top, bottom, left, right).
     out_channels : conv2d only.
+    dilation : int or pair (conv2d, maxpool2d).
+    groups : conv2d only; divides both channel counts.
 
     Returns
     -------
@@ -178,51 +196,85 @@ def window_out_shape(kind, in_shape, kernel_size, stride=None, padding=0, out_ch
     if stride is None:
         stride = 1 if kind == "conv2d" else (kh, kw)
     sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    _check_window(kind, (kh, kw), (sh, sw), (ph, pw))
-    Ho = _out_size(H, kh, sh, ph, kind)
-    Wo = _out_size(Wd, kw, sw, pw, kind)
+    pt, pb, pl, pr = _padding4(padding)
+    dh, dw = _pair(dilation, "dilation")
+    _check_window(kind, (kh, kw), (sh, sw), (min(pt, pb), min(pl, pr)))
+    if min(dh, dw) < 1:
+        raise DyadsimError(f"{kind}: dilation must be >= 1, got {dilation}")
+    Ho = _out_size(H, dh * (kh - 1) + 1, sh, pt, kind, pb)
+    Wo = _out_size(Wd, dw * (kw - 1) + 1, sw, pl, kind, pr)
     if kind == "conv2d":
         co = _int(out_channels, "out_channels")
+        g = _int(groups, "groups")
         if co < 1:
             raise DyadsimError(f"conv2d: out_channels must be >= 1, got {co}")
-        return (co, Ho, Wo), co * Ho * Wo * C * kh * kw
+        if g < 1 or C % g or co % g:
+            raise DyadsimError(f"conv2d: groups={g} must divide in_channels={C} and out_channels={co}")
+        return (co, Ho, Wo), co * Ho * Wo * (C // g) * kh * kw
     return (C, Ho, Wo), C * Ho * Wo * kh * kw
 
 
+def _window_maps(in_shape, out_hw, kernel, stride, padding4, dilation):
+    """Index grids of a 2-D window: (oy, ox, ky, kx, iy, ix, ok) broadcast over (Ho, Wo, kh, kw)."""
+    _, H, Wd = in_shape
+    Ho, Wo = out_hw
+    kh, kw = kernel
+    oy, ox, ky, kx = np.meshgrid(np.arange(Ho), np.arange(Wo), np.arange(kh), np.arange(kw), indexing="ij")
+    iy = oy * stride[0] - padding4[0] + ky * dilation[0]
+    ix = ox * stride[1] - padding4[2] + kx * dilation[1]
+    ok = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < Wd)
+    return oy, ox, ky, kx, iy, ix, ok
+
+
 class Conv2d(_Indexed):
-    """2-D cross-correlation (PyTorch's Conv2d): weight (C_out, C_in, kh, kw), stride,
-    zero padding; input (C_in, H, W) -> output (C_out, H_out, W_out), all flattened."""
+    """2-D cross-correlation (PyTorch's Conv2d): weight (C_out, C_in / groups, kh, kw),
+    stride, zero padding (symmetric (h, w) or (top, bottom, left, right)), dilation, groups;
+    input (C_in, H, W) -> output (C_out, H_out, W_out), all flattened.  A Conv1d is the
+    case H = 1."""
 
     kind = "conv2d"
 
-    def __init__(self, in_shape, out_channels, kernel_size, stride=1, padding=0):
+    def __init__(self, in_shape, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1):
         (out_channels, Ho, Wo), count = window_out_shape("conv2d", in_shape, kernel_size, stride,
-                                                         padding, out_channels)
+                                                         padding, out_channels, dilation, groups)
         _check_connections("conv2d", count)
         self.in_shape = tuple(int(v) for v in in_shape)
         C, H, Wd = self.in_shape
         kh, kw = _pair(kernel_size, "kernel_size")
         sh, sw = _pair(stride, "stride")
-        ph, pw = _pair(padding, "padding")
+        p4 = _padding4(padding)
+        dh, dw = _pair(dilation, "dilation")
+        g = int(groups)
         self.out_shape = (int(out_channels), Ho, Wo)
-        self.kernel_size, self.stride, self.padding = (kh, kw), (sh, sw), (ph, pw)
-        self.weight_shape = (int(out_channels), C, kh, kw)
+        self.kernel_size, self.stride, self.dilation, self.groups = (kh, kw), (sh, sw), (dh, dw), g
+        self.padding4 = p4
+        self.padding = (p4[0], p4[2]) if (p4[0], p4[2]) == (p4[1], p4[3]) else p4
+        cg, og = C // g, int(out_channels) // g
+        self.weight_shape = (int(out_channels), cg, kh, kw)
         self.n_src = C * H * Wd
         self.n_dst = int(np.prod(self.out_shape))
-        co, oy, ox, ci, ky, kx = np.meshgrid(np.arange(out_channels), np.arange(Ho), np.arange(Wo),
-                                             np.arange(C), np.arange(kh), np.arange(kw), indexing="ij")
-        iy = oy * sh - ph + ky
-        ix = ox * sw - pw + kx
-        ok = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < Wd)
-        self.rows = ((co * Ho + oy) * Wo + ox)[ok].astype(np.int64)
-        self.cols = ((ci * H + iy) * Wd + ix)[ok].astype(np.int64)
-        self.widx = (((co * C + ci) * kh + ky) * kw + kx)[ok].astype(np.int64)
+        oy, ox, ky, kx, iy, ix, ok = _window_maps(self.in_shape, (Ho, Wo), (kh, kw), (sh, sw), p4, (dh, dw))
+        co = np.arange(int(out_channels))[:, None, None, None, None, None]
+        cl = np.arange(cg)[None, :, None, None, None, None]
+        ci = (co // og) * cg + cl
+        sel = np.broadcast_to(ok[None, None], (int(out_channels), cg) + ok.shape)
+        rows = (co * Ho + oy) * Wo + ox
+        cols = (ci * H + iy) * Wd + ix
+        widx = ((co * cg + cl) * kh + ky) * kw + kx
+        full = sel.shape
+        self.rows = np.broadcast_to(rows, full)[sel].astype(np.int64)
+        self.cols = np.broadcast_to(cols, full)[sel].astype(np.int64)
+        self.widx = np.broadcast_to(widx, full)[sel].astype(np.int64)
 
     def to_dict(self):
-        return {"op": self.kind, "in_shape": list(self.in_shape), "out_channels": self.out_shape[0],
-                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
-                "padding": list(self.padding)}
+        out = {"op": self.kind, "in_shape": list(self.in_shape), "out_channels": self.out_shape[0],
+               "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+               "padding": list(self.padding)}
+        if self.dilation != (1, 1):
+            out["dilation"] = list(self.dilation)
+        if self.groups != 1:
+            out["groups"] = self.groups
+        return out
 
 
 class AvgPool2d(_Indexed):
@@ -265,7 +317,134 @@ class AvgPool2d(_Indexed):
                 "stride": list(self.stride), "padding": list(self.padding)}
 
 
-EDGE_OPS = ("dense", "conv2d", "avgpool2d")
+class Identity(EdgeOp):
+    """A fixed placement without weight: the source's activations are added to the
+    destination's neurons ``offset .. offset + n_src`` (a residual sum uses offset 0 on every
+    input edge; a concatenation places each input at its own offset)."""
+
+    kind = "identity"
+    has_weight = False
+
+    def __init__(self, n_src, n_dst, offset=0):
+        offset = _int(offset, "offset")
+        if offset < 0 or offset + n_src > n_dst:
+            raise DyadsimError(f"identity edge: {n_src} inputs at offset {offset} do not fit {n_dst} neurons")
+        self.n_src, self.n_dst, self.offset = n_src, n_dst, offset
+        self.weight_shape = (1,)
+        self.full = offset == 0 and n_src == n_dst
+
+    def forward(self, W, a):
+        if self.full:
+            return a.copy()
+        out = np.zeros((a.shape[0], self.n_dst), dtype=a.dtype)
+        out[:, self.offset:self.offset + self.n_src] = a
+        return out
+
+    def backward(self, W, s):
+        return s[:, self.offset:self.offset + self.n_src].copy()
+
+    def weight_grad(self, W, delta, a):
+        return None
+
+    def matrix(self, W):
+        return sp.csr_matrix((np.ones(self.n_src), (np.arange(self.n_src) + self.offset, np.arange(self.n_src))),
+                             shape=(self.n_dst, self.n_src))
+
+    def to_dict(self):
+        return {"op": self.kind, "offset": self.offset}
+
+
+class ChannelAffine(EdgeOp):
+    """Eval-mode batch normalisation of a (C, ...) source, channel by channel:
+    ``gamma_c * (a - mean_c) / sqrt(var_c + eps)``; the weight is gamma (C,) (trainable), the
+    running mean and variance are fixed, and BatchNorm's beta is the destination's
+    per-channel bias.  Affine, not linear: its matrix (:meth:`matrix`) is the linear part,
+    and ``forward`` adds the constant ``-gamma mean / sqrt(var + eps)``."""
+
+    kind = "batchnorm"
+
+    def __init__(self, src_shape, mean, var, eps=1e-5):
+        self.in_shape = tuple(int(d) for d in src_shape)
+        C = self.in_shape[0]
+        self.n_src = self.n_dst = int(np.prod(self.in_shape))
+        self.per = self.n_src // C
+        mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+        var = np.asarray(var, dtype=np.float64).reshape(-1)
+        if mean.shape != (C,) or var.shape != (C,):
+            raise DyadsimError(f"batchnorm: running_mean and running_var must be ({C},), got "
+                               f"{mean.shape} and {var.shape}")
+        eps = float(eps)
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var)) and np.all(var + eps > 0)):
+            raise DyadsimError("batchnorm: running statistics must be finite with var + eps > 0")
+        self.mean, self.var, self.eps = mean, var, eps
+        self.inv = 1.0 / np.sqrt(var + eps)
+        self.weight_shape = (C,)
+
+    def _rep(self, c, dtype):
+        return np.repeat(np.asarray(c, dtype=dtype), self.per)
+
+    def forward(self, W, a):
+        scale = self._rep(np.asarray(W) * self.inv, a.dtype)
+        return (a - self._rep(self.mean, a.dtype)) * scale
+
+    def backward(self, W, s):
+        return s * self._rep(np.asarray(W) * self.inv, s.dtype)
+
+    def weight_grad(self, W, delta, a):
+        xhat = (a - self._rep(self.mean, a.dtype)) * self._rep(self.inv, a.dtype)
+        return (delta * xhat).sum(axis=0).reshape(self.in_shape[0], -1).sum(axis=1)
+
+    def matrix(self, W):
+        return sp.diags(self._rep(np.asarray(W, dtype=np.float64) * self.inv, np.float64), format="csr")
+
+    def to_dict(self):
+        return {"op": self.kind, "eps": self.eps}
+
+
+class AdaptiveAvgPool2d(_Indexed):
+    """PyTorch's AdaptiveAvgPool2d: output cell (i, j) averages rows floor(i H / Ho) ..
+    ceil((i + 1) H / Ho) - 1 (and the same for columns); no weight."""
+
+    kind = "adaptive_avgpool2d"
+    has_weight = False
+
+    def __init__(self, in_shape, output_size):
+        self.in_shape = tuple(int(v) for v in in_shape)
+        C, H, Wd = self.in_shape
+        Ho, Wo = _pair(output_size, "output_size")
+        if min(Ho, Wo) < 1:
+            raise DyadsimError(f"adaptive_avgpool2d: output_size must be >= 1, got {output_size}")
+        self.out_shape = (C, Ho, Wo)
+        self.output_size = (Ho, Wo)
+        self.weight_shape = (1,)
+        self.n_src, self.n_dst = C * H * Wd, C * Ho * Wo
+        rows, cols, vals = [], [], []
+        for i in range(Ho):
+            y0, y1 = (i * H) // Ho, -((-(i + 1) * H) // Ho)
+            for j in range(Wo):
+                x0, x1 = (j * Wd) // Wo, -((-(j + 1) * Wd) // Wo)
+                yy, xx = np.meshgrid(np.arange(y0, y1), np.arange(x0, x1), indexing="ij")
+                k = yy.size
+                for c in range(C):
+                    rows.append(np.full(k, (c * Ho + i) * Wo + j))
+                    cols.append(((c * H + yy) * Wd + xx).ravel())
+                    vals.append(np.full(k, 1.0 / k))
+        self.rows = np.concatenate(rows).astype(np.int64)
+        self.cols = np.concatenate(cols).astype(np.int64)
+        self.widx = np.zeros(len(self.rows), dtype=np.int64)
+        self.vals = np.concatenate(vals)
+
+    def _values(self, W):
+        return self.vals
+
+    def weight_grad(self, W, delta, a):  # no parameters
+        return None
+
+    def to_dict(self):
+        return {"op": self.kind, "in_shape": list(self.in_shape), "output_size": list(self.output_size)}
+
+
+EDGE_OPS = ("dense", "conv2d", "avgpool2d", "identity", "batchnorm", "adaptive_avgpool2d")
 
 
 def make_edge_op(attrs: dict, src_shape, dst_size, edge_name) -> EdgeOp:
@@ -280,6 +459,18 @@ def make_edge_op(attrs: dict, src_shape, dst_size, edge_name) -> EdgeOp:
         return Dense(n_src, dst_size)
     if not isinstance(kind, str) or kind not in EDGE_OPS:
         raise DyadsimError(f"edge {edge_name}: unknown op {kind!r}; valid ops: {', '.join(EDGE_OPS)}")
+    if kind == "identity":
+        try:
+            return Identity(n_src, dst_size, attrs.get("offset", 0))
+        except DyadsimError as exc:
+            raise DyadsimError(f"edge {edge_name}: {exc}") from None
+    if kind == "batchnorm":
+        if n_src != dst_size:
+            raise DyadsimError(f"edge {edge_name}: batchnorm keeps the size ({n_src}), the destination has {dst_size}")
+        try:
+            return ChannelAffine(src_shape, attrs.get("mean"), attrs.get("var"), attrs.get("eps", 1e-5))
+        except (DyadsimError, TypeError, ValueError) as exc:
+            raise DyadsimError(f"edge {edge_name}: {exc}") from None
     if len(src_shape) != 3:
         raise DyadsimError(
             f"edge {edge_name}: op {kind!r} needs a source node with a (C, H, W) 'shape', got {tuple(src_shape)}"
@@ -293,9 +484,14 @@ def make_edge_op(attrs: dict, src_shape, dst_size, edge_name) -> EdgeOp:
             if W.ndim != 4:
                 raise DyadsimError(f"conv2d edge {edge_name}: weight must be (C_out, C_in, kh, kw), got shape {W.shape}")
             args = (W.shape[2:], attrs.get("stride", 1), attrs.get("padding", 0))
-            out_shape, _ = window_out_shape("conv2d", src_shape, *args, out_channels=W.shape[0])
+            more = dict(dilation=attrs.get("dilation", 1), groups=attrs.get("groups", 1))
+            out_shape, _ = window_out_shape("conv2d", src_shape, *args, out_channels=W.shape[0], **more)
             _check_size(kind, src_shape, out_shape, dst_size, edge_name)
-            op = Conv2d(src_shape, W.shape[0], *args)
+            op = Conv2d(src_shape, W.shape[0], *args, **more)
+        elif kind == "adaptive_avgpool2d":
+            osz = _pair(attrs.get("output_size", 1), "output_size")
+            _check_size(kind, src_shape, (src_shape[0], *osz), dst_size, edge_name)
+            op = AdaptiveAvgPool2d(src_shape, osz)
         else:
             args = (attrs.get("kernel_size", 2), attrs.get("stride"), attrs.get("padding", 0))
             out_shape, _ = window_out_shape("avgpool2d", src_shape, *args)

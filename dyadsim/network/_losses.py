@@ -10,7 +10,7 @@ from scipy.special import logsumexp, softmax
 
 from ..errors import DyadsimError
 
-__all__ = ["Loss", "LOSSES", "get_loss"]
+__all__ = ["Loss", "LOSSES", "EXTRA_LOSSES", "get_loss"]
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,31 @@ def _xent_hess(a, y):
     return s * (np.einsum("bi,ij->bij", p, np.eye(a.shape[-1], dtype=a.dtype)) - p[:, :, None] * p[:, None, :])
 
 
+def _mse_mean_value(a, y):
+    r = a - y
+    return np.mean(r * r, axis=-1)
+
+
+def _mse_mean_grad(a, y):
+    return (2.0 / a.shape[-1]) * (a - y)
+
+
+def _mse_mean_hess(a, y):
+    B, n = a.shape
+    return np.broadcast_to((2.0 / n) * np.eye(n, dtype=a.dtype), (B, n, n))
+
+
+#: ``mse`` is 0.5 * sum_k (a_k - y_k)^2 per sample (batch mean), so its gradients are n_out / 2
+#: times those of torch.nn.MSELoss; ``mse_mean`` is torch's convention, mean_k (a_k - y_k)^2
+#: per sample, i.e. the mean over batch and outputs, as nn.MSELoss().
 LOSSES: dict[str, Loss] = {
     "mse": Loss("mse", _mse_value, _mse_grad, _mse_hess),
     "xent": Loss("xent", _xent_value, _xent_grad, _xent_hess),
+}
+
+#: Losses beyond :data:`LOSSES` (which every engine, circuits included, has).
+EXTRA_LOSSES: dict[str, Loss] = {
+    "mse_mean": Loss("mse_mean", _mse_mean_value, _mse_mean_grad, _mse_mean_hess),
 }
 
 
@@ -68,7 +90,10 @@ def get_loss(name) -> Loss:
     """Look up a loss by name; unknown names raise a DyadsimError listing the valid ones."""
     if isinstance(name, Loss):
         return name
+    key = str(name).lower()
+    if key in EXTRA_LOSSES:
+        return EXTRA_LOSSES[key]
     try:
-        return LOSSES[str(name).lower()]
+        return LOSSES[key]
     except KeyError:
-        raise DyadsimError(f"unknown loss {name!r}; valid losses: {', '.join(LOSSES)}") from None
+        raise DyadsimError(f"unknown loss {name!r}; valid losses: {', '.join([*LOSSES, *EXTRA_LOSSES])}") from None

@@ -25,6 +25,7 @@ from .._validate import as_float_array, check_finite
 from ..errors import DyadsimError
 from ._activations import Activation, get_activation
 from ._edges import make_edge_op
+from ._nodes import NodeOp, Pullback, make_node_op
 from ._losses import Loss, get_loss
 
 __all__ = ["Network", "ParamKey", "load"]
@@ -131,6 +132,8 @@ class Network:
         for v, attrs in G.nodes(data=True):
             size = attrs.get("size")
             shape = attrs.get("shape")
+            if attrs.get("op") is not None and size is None and shape is None:
+                continue  # a general node: its shape follows from its op and its inputs
             if shape is not None:
                 try:
                     shape = tuple(int(d) for d in shape)
@@ -160,6 +163,29 @@ class Network:
 
         order = list(nx.lexicographical_topological_sort(G, key=str))
         assert order[0] == self.input
+        node_ops = {}
+        for v in order[1:]:
+            attrs = G.nodes[v]
+            if attrs.get("op") is None:
+                continue
+            if attrs.get("activation") not in (None, "identity"):
+                raise DyadsimError(f"node {v!r} is a {attrs['op']} node: it takes no activation "
+                                   f"(got {attrs['activation']!r}); add a node after it")
+            if attrs.get("bias") is not None and attrs.get("bias") is not False:
+                raise DyadsimError(f"node {v!r} is a {attrs['op']} node: it takes no bias")
+            parents = sorted(G.predecessors(v), key=order.index)
+            for p in parents:
+                if set(G.edges[p, v]) - {"op"} or G.edges[p, v].get("op") not in (None, "node_input"):
+                    raise DyadsimError(f"edge {p!r} -> {v!r}: the edges into {attrs['op']} node {v!r} carry "
+                                       "no weight and no op")
+            op = make_node_op(attrs, [shapes[p] for p in parents], v)
+            n = int(np.prod(op.out_shape))
+            if v in sizes and (sizes[v] != n or (len(shapes[v]) > 1 and shapes[v] != tuple(op.out_shape))):
+                raise DyadsimError(f"node {v!r}: its {op.kind} gives shape {tuple(op.out_shape)} "
+                                   f"({n} neurons), but 'size'/'shape' says {shapes[v]}")
+            sizes[v], shapes[v] = n, tuple(op.out_shape)
+            node_ops[v] = op
+        self.node_ops: dict[Hashable, NodeOp] = node_ops
         # Longest paths from the input and to the output, in edges.  (networkx's
         # longest-path helpers read the edge attribute "weight" as a length, and ours is a
         # matrix, so count edges explicitly.)
@@ -178,6 +204,13 @@ class Network:
         offset = 0
         for i, v in enumerate(order[1:]):
             attrs = G.nodes[v]
+            if v in node_ops:
+                act = _node_placeholder(v, node_ops[v])
+                activations[v] = act
+                blocks[v] = _Block(v, i, sizes[v], offset, act, depth[v], rdepth[v])
+                offset += sizes[v]
+                bias_mode[v] = None
+                continue
             if "activation" not in attrs or attrs["activation"] is None:
                 raise DyadsimError(f"node {v!r} has no 'activation'")
             act = get_activation(attrs["activation"])
@@ -195,10 +228,10 @@ class Network:
                 b = _as_float_array(bias, f"bias of node {v!r}")
                 if b.shape == (sizes[v],):
                     bias_mode[v] = "full"
-                elif len(self.shapes[v]) == 3 and b.shape == (C,):
+                elif len(self.shapes[v]) >= 2 and b.shape == (C,):
                     bias_mode[v] = "channel"  # one bias per channel, shared over positions
                 else:
-                    expect = f"({sizes[v]},)" + (f" or ({C},) (per channel)" if len(self.shapes[v]) == 3 else "")
+                    expect = f"({sizes[v]},)" + (f" or ({C},) (per channel)" if len(self.shapes[v]) >= 2 else "")
                     raise DyadsimError(f"bias of node {v!r} has shape {b.shape}, expected {expect}")
                 _check_finite(b, f"bias of node {v!r}")
                 params[("b", v)] = b
@@ -206,6 +239,9 @@ class Network:
         for v in order[1:]:
             for p in sorted(G.predecessors(v), key=lambda q: order.index(q)):
                 attrs = G.edges[p, v]
+                if v in node_ops:
+                    edge_ops[(p, v)] = _NodeInput(p, v, node_ops[v], sizes[p], sizes[v])
+                    continue
                 op = make_edge_op(attrs, self.shapes[p], sizes[v], f"{p!r} -> {v!r}")
                 edge_ops[(p, v)] = op
                 if not op.has_weight:
@@ -317,6 +353,9 @@ class Network:
         for v in self.nodes:
             b = self._blocks[v]
             ins = ", ".join(repr(p) for p in self.preds[v])
+            if v in self.node_ops:
+                lines.append(f"  node   {v!r}: {b.size} {self.node_ops[v].kind} <- [{ins}]  (depth {b.depth})")
+                continue
             lines.append(f"  layer  {v!r}: {b.size} {b.activation.name} <- [{ins}]  (depth {b.depth})")
         return "\n".join(lines)
 
@@ -350,7 +389,7 @@ class Network:
         for v in self.nodes:
             sl = self._blocks[v].slice
             out[:, sl] = self.bias_vector(v)
-            if self.input in self.preds[v]:
+            if self.input in self.preds[v] and v not in self.node_ops:
                 out[:, sl] += self.edge_forward(self.input, v, X)
         return out
 
@@ -431,7 +470,8 @@ class Network:
             ``{(src, dst): array}`` as :meth:`edge_weights` returns it (already cast);
             default: the network's parameters cast to the activations' dtype.
         slope : bool
-            Also return ``sigma'(u)``.
+            Also return ``sigma'(u)`` (for a general node: its linearisation point, what
+            :meth:`node_delta` needs).
 
         Returns
         -------
@@ -440,6 +480,10 @@ class Network:
         """
         preds = self.preds[node]
         first = acts[preds[0]]
+        op = self.node_ops.get(node)
+        if op is not None:
+            out, ctx = op.forward([acts[p] for p in preds])
+            return (out, ctx) if slope else out
         dtype = first.dtype
         u = np.empty((first.shape[0], self.sizes[node]), dtype=dtype)
         u[...] = self.bias_vector(node, dtype)
@@ -452,6 +496,51 @@ class Network:
             u += self.edge_ops[(p, node)].forward(W, acts[p])
         act = self.activations[node]
         return act.value_and_slope(u) if slope else act.f(u)
+
+    @property
+    def general_nodes(self) -> tuple:
+        """The nodes that carry a node op (e.g. max pooling), in topological order."""
+        return tuple(v for v in self.nodes if v in self.node_ops)
+
+    def require_standard(self, what: str) -> None:
+        """Raise a :class:`~dyadsim.errors.DyadsimError` naming the first general node (and
+        the first affine ``batchnorm`` edge) when ``what`` (an engine) cannot handle them.
+
+        Parameters
+        ----------
+        what : str
+            The engine or function, for the message.
+        """
+        for v in self.general_nodes:
+            raise DyadsimError(
+                f"{what} does not support general node {v!r} ({self.node_ops[v].kind}); it needs "
+                "layer nodes that sum linear edges and apply an elementwise activation (use "
+                "dyadsim.backprop, relax or relax_continuous with an explicit solver)")
+        for (p, v), op in self.edge_ops.items():
+            if op.kind == "batchnorm":
+                raise DyadsimError(
+                    f"{what} does not support the batchnorm edge {p!r} -> {v!r} (an affine map); "
+                    "use dyadsim.backprop, relax or relax_continuous")
+
+    def node_delta(self, node, slope, d):
+        """What node ``node`` sends back to its parents, from its error signal ``d``:
+        ``sigma'(u) * d`` (one array: each edge applies its W^T) for a layer node, a
+        :class:`Pullback` ``{parent: J^T d}`` for a general node.
+
+        Parameters
+        ----------
+        node : a non-input node
+        slope : what :meth:`node_forward` returned with ``slope=True``
+        d : ndarray, (B, size)
+
+        Returns
+        -------
+        ndarray or Pullback
+        """
+        op = self.node_ops.get(node)
+        if op is None:
+            return slope * d
+        return Pullback(zip(self.preds[node], op.vjp(slope, d)))
 
     def propagate(self, X, weights=None, *, slopes=False):
         """The forward pass of an already validated (B, n_in) batch, in ``X``'s dtype.
@@ -506,6 +595,10 @@ class Network:
         G.add_node(self.input, **self._node_attrs(self.input))
         for v in self.nodes:
             attrs = self._node_attrs(v)
+            if v in self.node_ops:
+                attrs.update(self.node_ops[v].to_dict())
+                G.add_node(v, **attrs)
+                continue
             attrs["activation"] = self.activations[v].name
             attrs["bias"] = self.params[("b", v)].copy() if self.bias_mode[v] else False
             G.add_node(v, **attrs)
@@ -523,14 +616,36 @@ class Network:
         return attrs
 
     def _edge_attrs(self, s, d) -> dict:
-        desc = self.edge_ops[(s, d)].to_dict()
+        op = self.edge_ops[(s, d)]
+        desc = op.to_dict()
         if desc["op"] == "dense":
             return {}
+        if desc["op"] == "node_input":
+            return {}
         out = {"op": desc["op"]}
-        for k in ("stride", "padding", "kernel_size"):
+        for k in ("stride", "padding", "kernel_size", "dilation", "output_size"):
             if k in desc and not (desc["op"] == "conv2d" and k == "kernel_size"):
                 out[k] = tuple(desc[k])
+        for k in ("groups", "offset", "eps"):
+            if k in desc:
+                out[k] = desc[k]
+        if desc["op"] == "batchnorm":
+            out["mean"], out["var"] = op.mean.copy(), op.var.copy()
         return out
+
+    def _unsavable(self):
+        """What the network file format (version 1) cannot store, or None."""
+        for v in self.general_nodes:
+            return f"node {v!r} is a {self.node_ops[v].kind} node"
+        for (s, d), op in self.edge_ops.items():
+            if op.kind not in ("dense", "conv2d", "avgpool2d"):
+                return f"edge {s!r} -> {d!r} is a {op.kind} edge"
+            if op.kind == "conv2d" and (op.dilation != (1, 1) or op.groups != 1 or len(op.padding) != 2):
+                return f"conv2d edge {s!r} -> {d!r} has dilation, groups or asymmetric padding"
+        for v in self.nodes:
+            if self.activations[v].name not in ("tanh", "sigmoid", "relu", "softplus", "identity"):
+                return f"node {v!r} has activation {self.activations[v].name!r}"
+        return None
 
     def copy(self) -> "Network":
         return Network.from_graph(self.to_graph(), loss=self.loss.name)
@@ -551,6 +666,11 @@ class Network:
         """
         if not isinstance(path, (str, PathLike)):
             raise DyadsimError(f"path must be a str or a path, got {type(path).__name__}")
+        why = self._unsavable()
+        if why is not None:
+            raise DyadsimError(
+                f"save: {why}, which the network file format (version {_FORMAT_VERSION}) cannot "
+                "store yet; keep the model it came from (from_torch) or the graph (to_graph)")
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
@@ -609,3 +729,44 @@ def load(path: str | PathLike, *, limits: dict | None = None) -> Network:
     from ._load import read_network_file
 
     return read_network_file(path, limits)
+
+
+
+def _raiser(v, kind):
+    def f(u):
+        raise DyadsimError(f"node {v!r} is a {kind} node (a general node), not a layer with an "
+                           "elementwise activation: this engine does not support it")
+    return f
+
+
+def _node_placeholder(v, op) -> Activation:
+    """The ``activations`` entry of a general node: named after its op; calling it raises."""
+    f = _raiser(v, op.kind)
+    return Activation(op.kind, f, f, f)
+
+
+class _NodeInput:
+    """The op of an edge into a general node: no weight, no linear map of its own (the
+    node's op combines its inputs); any engine that treats it as a linear edge gets an error
+    naming the node."""
+
+    kind = "node_input"
+    has_weight = False
+
+    def __init__(self, src, dst, op, n_src, n_dst):
+        self.src, self.dst, self.node_op = src, dst, op
+        self.n_src, self.n_dst = n_src, n_dst
+        self.weight_shape = (1,)
+
+    def _refuse(self, *args):
+        raise DyadsimError(
+            f"edge {self.src!r} -> {self.dst!r} feeds {self.node_op.kind} node {self.dst!r}, a general "
+            "node with no linear map per edge: this engine does not support it")
+
+    forward = backward = matrix = _refuse
+
+    def weight_grad(self, W, delta, a):
+        return None
+
+    def to_dict(self) -> dict:
+        return {"op": self.kind}

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import DyadsimError
 from ._network import Network
 
-__all__ = ["from_torch", "to_torch"]
+__all__ = ["from_torch", "to_torch", "torch_gradients"]
 
 _ACT_MODULES = {"Tanh": "tanh", "Sigmoid": "sigmoid", "ReLU": "relu", "Softplus": "softplus",
                 "Identity": "identity"}
@@ -59,17 +59,119 @@ def _walk(module, input_shape):
     return list(_leaves(module))
 
 
-def from_torch(module, input_shape, loss="mse") -> Network:
-    """Build a :class:`Network` from a PyTorch ``nn.Sequential``.
+def _sequential_ok(module) -> bool:
+    """Whether the historical nn.Sequential importer takes this model."""
+    torch = _torch()
+    if not isinstance(module, torch.nn.Sequential):
+        return False
+    for _, m in _leaves(module):
+        kind = type(m).__name__
+        if kind not in _SUPPORTED:
+            return False
+        if kind == "Softplus" and (m.beta != 1 or m.threshold < 20):
+            return False
+        if kind == "Conv2d" and (m.groups != 1 or tuple(m.dilation) != (1, 1) or isinstance(m.padding, str)):
+            return False
+    acts = [type(m).__name__ in _ACT_MODULES for _, m in _leaves(module)]
+    return not any(a and b for a, b in zip(acts, acts[1:])) and not (acts and acts[0])
 
-    ``input_shape`` is the shape of one sample without the batch axis: ``(C, H, W)`` for
-    conv nets, ``(n,)`` or ``n`` for dense ones.  Weights are copied (float64).  Gradients
-    of the result use PyTorch's parameter shapes: Linear (out, in), Conv2d
-    (C_out, C_in, kh, kw), biases (out,) / (C_out,).
+
+_LOSS_ALIASES = {"cross_entropy": "xent", "crossentropy": "xent", "mse_sum": "mse"}
+
+
+def from_torch(module, input_shape, loss="mse") -> Network:
+    """Build a :class:`Network` from a PyTorch model.
+
+    An ``nn.Sequential`` of Linear, Conv2d, AvgPool2d, Flatten and Tanh/Sigmoid/ReLU/
+    Softplus/Identity is imported as it always was (one layer node per Linear/Conv2d/
+    AvgPool2d, named after its index).  Any other model is traced with ``torch.fx``:
+    branches, residual additions (``x + y``), ``torch.cat(dim=1)``, flattening, functional
+    activations and the modules Linear, Conv1d/Conv2d (stride, padding incl. 'same',
+    dilation, groups), AvgPool2d, MaxPool2d, AdaptiveAvgPool2d, BatchNorm1d/2d (eval mode:
+    running statistics fixed, weight and bias trainable), Dropout (eval), Flatten,
+    Identity, ReLU, LeakyReLU, ELU, GELU, SiLU, Softplus(any beta), Tanh, Sigmoid,
+    Hardtanh; node names are the fx node names.  Anything else is a
+    :class:`~dyadsim.errors.DyadsimError` naming the fx node, its op and target.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        In eval mode when it holds BatchNorm or Dropout (training mode is refused).
+    input_shape : int or tuple
+        One sample's shape without the batch axis: ``(C, H, W)``, ``(C, L)`` (Conv1d; the
+        network's input is then the flattened (C * L) vector) or ``(n,)``.
+    loss : str
+        ``"mse"`` (0.5 * sum over outputs per sample, batch mean: n_out / 2 times
+        ``nn.MSELoss``), ``"mse_mean"`` (exactly ``nn.MSELoss()``), ``"xent"`` /
+        ``"cross_entropy"`` (``nn.CrossEntropyLoss`` with one-hot targets) or ``"nll"``
+        (the model ends in LogSoftmax; ``nn.NLLLoss`` of it, folded into cross-entropy).
+
+    Returns
+    -------
+    Network
+        Weights copied (float64).  :func:`torch_gradients` gives its gradients under the
+        model's parameter names and shapes; :func:`to_torch` writes parameters back.
     """
     if isinstance(input_shape, (int, np.integer)):
         input_shape = (int(input_shape),)
     input_shape = tuple(int(d) for d in input_shape)
+    loss = _LOSS_ALIASES.get(str(loss).lower(), loss) if isinstance(loss, str) else loss
+    torch = _torch()
+    if not isinstance(module, torch.nn.Module):
+        raise DyadsimError(f"from_torch needs a torch.nn.Module, got {type(module).__name__}")
+    if not _sequential_ok(module) or loss == "nll":
+        from ._fx import trace
+
+        G, out, loss_name, tmap, buffers = trace(module, input_shape, loss)
+        net = Network.from_graph(G, loss=loss_name)
+        if net.output != out:  # pragma: no cover - a single sink is the output
+            raise DyadsimError(f"the model's output {out!r} is not the graph's sink {net.output!r}")
+        net.torch_map = tmap
+        net.torch_buffers = buffers
+        return net
+    net = _from_sequential(module, input_shape, loss)
+    tmap = {}
+    for name, m in _leaves(module):
+        v = str(name)
+        if v in net.sizes and v != net.input:
+            (p,) = net.preds[v]
+            if ("W", p, v) in net.params:
+                tmap[f"{name}.weight"] = (("W", p, v), tuple(m.weight.shape))
+            if ("b", v) in net.params:
+                tmap[f"{name}.bias"] = (("b", v), tuple(m.bias.shape))
+    net.torch_map = tmap
+    return net
+
+
+def torch_gradients(net: Network, grads) -> dict:
+    """Gradients under the imported model's parameter names, in torch's shapes.
+
+    Parameters
+    ----------
+    net : Network
+        Made by :func:`from_torch` (it remembers which parameter is which).
+    grads : Gradients or GradientResult
+        Any method's gradients of ``net``.
+
+    Returns
+    -------
+    dict
+        ``{name: ndarray}`` for every name of ``model.named_parameters()``.
+    """
+    tmap = getattr(net, "torch_map", None)
+    if tmap is None:
+        raise DyadsimError("torch_gradients needs a network made by from_torch (it maps the model's "
+                           "parameter names); this one was not, or is a copy")
+    g = getattr(grads, "grads", grads)
+    out = {}
+    for name, (key, shape) in tmap.items():
+        if key not in g:
+            raise DyadsimError(f"the gradients have no entry for {key} (torch parameter {name!r})")
+        out[name] = np.asarray(g[key]).reshape(shape)
+    return out
+
+
+def _from_sequential(module, input_shape, loss):
     G = nx.DiGraph()
     G.add_node("input", **({"shape": input_shape} if len(input_shape) > 1 else {"size": input_shape[0]}))
     cur, cur_shape = "input", input_shape
@@ -143,10 +245,38 @@ def from_torch(module, input_shape, loss="mse") -> Network:
 def to_torch(net: Network, module=None):
     """Export a network's parameters to PyTorch.
 
-    With ``module`` (e.g. the one it was imported from), copy the weights into it in place
-    and return it.  Without, build an ``nn.Sequential`` (chain-shaped networks only).
+    With ``module`` (e.g. the one it was imported from: any model :func:`from_torch`
+    took), copy the weights into it in place and return it.  Without, build an
+    ``nn.Sequential`` (chain-shaped networks only).
+
+    Parameters
+    ----------
+    net : Network
+    module : torch.nn.Module, optional
+
+    Returns
+    -------
+    torch.nn.Module
     """
     torch = _torch()
+    tmap = getattr(net, "torch_map", None)
+    if module is not None and tmap is not None and not isinstance(module, torch.nn.Sequential) or (
+            module is not None and tmap is not None and set(tmap) == set(dict(module.named_parameters()))):
+        params = dict(module.named_parameters())
+        missing = sorted(set(tmap) - set(params))
+        if missing:
+            raise DyadsimError(f"the module has no parameters named {missing} to receive them")
+        with torch.no_grad():
+            for name, (key, shape) in tmap.items():
+                t = params[name]
+                if tuple(t.shape) != tuple(shape):
+                    raise DyadsimError(f"parameter {name!r} has shape {tuple(t.shape)}, the network's is {shape}")
+                t.copy_(torch.as_tensor(net.params[key].reshape(shape), dtype=t.dtype))
+            bufs = dict(module.named_buffers())
+            for name, (edge, which) in getattr(net, "torch_buffers", {}).items():
+                if name in bufs:  # the fixed running statistics of BatchNorm
+                    bufs[name].copy_(torch.as_tensor(getattr(net.edge_ops[edge], which), dtype=bufs[name].dtype))
+        return module
     if module is not None:
         leaves = dict(_walk(module, None))
         for v in net.nodes:
