@@ -555,3 +555,20 @@ def test_bench_gpu_quick_runs_on_cpu(tmp_path):
     assert len(mc) == 1 and mc[0]["method"] == "100 Monte Carlo chips"
     assert mc[0]["median_s"] > 0 and mc[0]["ratio"] > 0
     assert 1e-6 < mc[0]["max_rel_error"] < 1  # a sampled chip: near, but not at, the nominal net
+
+
+def test_general_nodes_are_refused_by_name():
+    pytest.importorskip("torch")
+    import networkx as nx
+
+    G = nx.DiGraph()
+    G.add_node("img", shape=(1, 4, 4))
+    G.add_node("pool", shape=(1, 2, 2), op="maxpool2d", kernel_size=2, stride=2)
+    G.add_edge("img", "pool")
+    G.add_node("out", size=2, activation="tanh")
+    G.add_edge("pool", "out", weight=np.ones((2, 4)))
+    net = dyadsim.Network.from_graph(G)
+    x, y = np.ones((1, 16)), np.zeros((1, 2))
+    dyadsim.backprop(net, x, y)  # numpy handles it
+    with pytest.raises(dyadsim.DyadsimError, match="torch backend does not support general node 'pool'"):
+        dyadsim.backprop(net, x, y, backend="torch")

@@ -387,6 +387,7 @@ class TorchSystem:
 
 
 def _check_supported(net):
+    net.require_standard("the torch backend")
     for v in net.nodes:
         act = net.activations[v]
         if ACTIVATIONS.get(act.name) is not act:
