@@ -65,12 +65,12 @@ def main(argv=None) -> int:
     original = warnings.showwarning
     warnings.showwarning = show_warning
     try:
-        return _main(argv, DyadsimException, SimulatorError)
+        return _run(argv, DyadsimException, SimulatorError)
     finally:
         warnings.showwarning = original
 
 
-def _main(argv, DyadsimException, SimulatorError) -> int:
+def _run(argv, DyadsimException, SimulatorError) -> int:
     try:
         status = cli.main(args=argv, prog_name="dyadsim", standalone_mode=False)
     except click.exceptions.Exit as exc:
