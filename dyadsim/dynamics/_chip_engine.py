@@ -27,6 +27,7 @@ import numpy as np
 
 from .._validate import check_choice, check_dtype, check_eta, check_int, check_real
 from ..errors import ConvergenceError, DyadsimError
+from ._backend import use_torch
 from ._chip import Chip, architecture_of
 from ._gradients import Gradients
 
@@ -35,23 +36,33 @@ __all__ = ["relax_chips", "ChipBatchResult", "CHIP_METHODS", "chip_readout"]
 CHIP_METHODS = ("steady", "euler", "continuous")
 
 
+def check_chips(chips) -> list:
+    """A Chip or a non-empty sequence of Chips of one architecture, as a list (a clear
+    DyadsimError otherwise)."""
+    if isinstance(chips, Chip):
+        chips = [chips]
+    try:
+        chips = list(chips)
+    except TypeError:
+        raise DyadsimError(f"not a Chip or a sequence of chips: {chips!r}") from None
+    if not chips:
+        raise DyadsimError("relax_chips needs at least one chip")
+    for c in chips:
+        if not isinstance(c, Chip):
+            raise DyadsimError(f"not a Chip: {c!r} (make one with dyadsim.Chip.sample)")
+    arch = architecture_of(chips[0].net)
+    for c in chips[1:]:
+        if architecture_of(c.net) != arch:
+            raise DyadsimError("the chips were sampled for networks of different architectures; "
+                               "relax them separately")
+    return chips
+
+
 class ChipStack:
     """K chips of one architecture and one batch, stacked for vectorized evaluation."""
 
     def __init__(self, chips, x, y, dtype=np.float64):
-        if isinstance(chips, Chip):
-            chips = [chips]
-        chips = list(chips)
-        if not chips:
-            raise DyadsimError("relax_chips needs at least one chip")
-        for c in chips:
-            if not isinstance(c, Chip):
-                raise DyadsimError(f"not a Chip: {c!r} (make one with dyadsim.Chip.sample)")
-        arch = architecture_of(chips[0].net)
-        for c in chips[1:]:
-            if architecture_of(c.net) != arch:
-                raise DyadsimError("the chips were sampled for networks of different architectures; "
-                                   "relax them separately")
+        chips = check_chips(chips)
         self.chips = chips
         self.net = net = chips[0].net
         self.dtype = dt = check_dtype(dtype)
@@ -406,7 +417,7 @@ class ChipBatchResult:
 def relax_chips(chips, x, y, *, method="steady", eta=1.0, steps=None, dtype=np.float64,
                 tol=None, max_steps=100_000, seed=None, noise_steps=None, solver="DOP853",
                 rtol=1e-10, atol=1e-13, t_max=None, settle_tol=1e-6, dt=0.05, t_end=None,
-                record=False) -> ChipBatchResult:
+                record=False, backend="numpy", device=None) -> ChipBatchResult:
     """Relax many sampled chips at once on one batch and read out each chip's gradients.
 
     Parameters
@@ -443,6 +454,16 @@ def relax_chips(chips, x, y, *, method="steady", eta=1.0, steps=None, dtype=np.f
         When any chip of the batch has noise, every chip of it runs Euler-Maruyama.
     record : bool
         Keep the Euler states after every step (``history``: (m, d) arrays (T, K, B, n)).
+    backend : ``"numpy"`` or ``"torch"``
+        ``"torch"`` (an optional extra) runs the same engine with every layer's state one
+        ``(K, B, n_v)`` tensor on ``device`` and batched matrix products; ``"steady"`` and
+        ``"euler"`` are step for step the numpy engine's.  Noise-free ``"continuous"``
+        integrates there with exponential Euler of step ``dt`` (the same steady state;
+        ``solver``, ``rtol`` and ``atol`` do not apply), and its thermal noise comes from a
+        torch generator seeded from the chips and ``seed`` (reproducible, but other draws
+        than numpy's).
+    device : str, torch.device or None
+        The torch device (``backend="torch"`` only; ``None``: the CPU).
 
     Returns
     -------
@@ -451,6 +472,12 @@ def relax_chips(chips, x, y, *, method="steady", eta=1.0, steps=None, dtype=np.f
         ContinuousResult.
     """
     method = check_choice("chip method", method, CHIP_METHODS)
+    if use_torch(backend, device):
+        return _relax_chips_torch(chips, x, y, method=method, eta=eta, steps=steps, dtype=dtype,
+                                  tol=tol, max_steps=max_steps, seed=seed,
+                                  noise_steps=noise_steps, solver=solver, rtol=rtol, atol=atol,
+                                  t_max=t_max, settle_tol=settle_tol, dt=dt, t_end=t_end,
+                                  record=record, device=device)
     t0 = time.perf_counter()
     stack = ChipStack(chips, x, y, dtype)
     L = stack.net.depth
@@ -537,6 +564,27 @@ def relax_chips(chips, x, y, *, method="steady", eta=1.0, steps=None, dtype=np.f
         res = _continuous(stack, solver, rtol, atol, tol, settle_tol, t_max, f"chip[continuous, {solver}]")
     res.info["wall_s"] = time.perf_counter() - t0
     return res
+
+
+def _relax_chips_torch(chips, x, y, *, solver, rtol, atol, steps, max_steps, seed, record,
+                       **kw):
+    """Validate what the torch chip engine shares with the numpy one, then run it."""
+    chips = check_chips(chips)
+    if (solver, rtol, atol) != ("DOP853", 1e-10, 1e-13):
+        raise DyadsimError("solver, rtol and atol choose the numpy engine's scipy solver; the "
+                           "torch chip engine integrates the continuous flow with exponential "
+                           "Euler of step dt (use backend='numpy' for a scipy solver)")
+    if steps is not None:
+        steps = check_int("steps", steps, 0)
+    max_steps = check_int("max_steps", max_steps, 1)
+    if seed is not None:
+        seed = check_int("seed", seed, 0)
+    if not isinstance(record, (bool, np.bool_)):
+        raise DyadsimError(f"record must be True or False, got {record!r}")
+    from ._torch import relax_chips as torch_relax_chips
+
+    return torch_relax_chips(chips, x, y, steps=steps, max_steps=max_steps, seed=seed,
+                             record=bool(record), horizon=_euler_horizon, **kw)
 
 
 def _continuous(stack, solver, rtol, atol, tol, settle_tol, t_max, label):
@@ -649,7 +697,7 @@ def chip_readout(chip, x, y, m, d, u, method=None) -> Gradients:
 
 
 def relax_chip(chip, x, y, *, eta=1.0, steps=None, dtype=np.float64, schedule="parallel",
-               tol=None, max_steps=100_000, record=False, seed=None):
+               tol=None, max_steps=100_000, record=False, seed=None, backend="numpy", device=None):
     """:func:`dyadsim.relax` on a chip: the Euler engine (``schedule="parallel"``) or, for
     ``"wavefront"``, the steady state it reaches at step 2L on a chip without noise (the
     fixed point; with noise, the parallel Euler-Maruyama run at eta = 1).  Returns a
@@ -664,19 +712,20 @@ def relax_chip(chip, x, y, *, eta=1.0, steps=None, dtype=np.float64, schedule="p
     if schedule == "wavefront" and eta != 1.0:
         raise DyadsimError(f"the wavefront schedule needs eta = 1 (got {eta})")
     if schedule == "wavefront" and chip.noise == 0:
-        r = relax_chips([chip], x, y, method="steady", dtype=dtype)
+        r = relax_chips([chip], x, y, method="steady", dtype=dtype, backend=backend, device=device)
     else:
         r = relax_chips([chip], x, y, method="euler", eta=eta, steps=steps, dtype=dtype, tol=tol,
-                        max_steps=max_steps, record=record, seed=seed)
+                        max_steps=max_steps, record=record, seed=seed, backend=backend,
+                        device=device)
     return r[0]
 
 
 def relax_chip_continuous(chip, x, y, *, method="DOP853", rtol=1e-10, atol=1e-13, tol=1e-11,
                           settle_tol=1e-6, t_max=None, dtype=np.float64, seed=None, dt=0.05,
-                          t_end=None):
+                          t_end=None, backend="numpy", device=None):
     """:func:`dyadsim.relax_continuous` on a chip (per-neuron tau; Euler-Maruyama with step
     ``dt`` when the chip has noise).  Returns a ContinuousResult."""
     r = relax_chips([chip], x, y, method="continuous", solver=method, rtol=rtol, atol=atol,
                     tol=tol, settle_tol=settle_tol, t_max=t_max, dtype=dtype, seed=seed, dt=dt,
-                    t_end=t_end)
+                    t_end=t_end, backend=backend, device=device)
     return r[0]

@@ -296,15 +296,13 @@ def relax(net, x, y, eta=1.0, steps=None, dtype=np.float64, *, schedule="paralle
     """
     torch_backend = use_torch(backend, device)
     if isinstance(net, Chip):
-        if torch_backend:
-            raise DyadsimError("a Chip relaxes on the chip engine (backend='numpy'); the torch "
-                               "backend runs Networks")
         if state != "md":
             raise DyadsimError("state applies to the relaxation of a Network; a chip relaxes "
                                "its own physical model (see dyadsim.Chip)")
         from ._chip_engine import relax_chip
         return relax_chip(net, x, y, eta=eta, steps=steps, dtype=dtype, schedule=schedule, tol=tol,
-                          max_steps=max_steps, record=record, seed=seed)
+                          max_steps=max_steps, record=record, seed=seed, backend=backend,
+                          device=device)
     if torch_backend:
         from ._torch import relax as torch_relax
         return torch_relax(net, x, y, eta, steps, dtype, schedule=schedule, tol=tol,

@@ -84,12 +84,10 @@ def relax_continuous(net, x, y, *, method="DOP853", rtol=1e-10, atol=1e-13, tol=
     """
     torch_backend = use_torch(backend, device)
     if isinstance(net, Chip):  # a sampled chip: per-neuron tau, noise as an SDE
-        if torch_backend:
-            raise DyadsimError("a Chip relaxes on the chip engine (backend='numpy'); the torch "
-                               "backend runs Networks")
         from ._chip_engine import relax_chip_continuous
         return relax_chip_continuous(net, x, y, method=method, rtol=rtol, atol=atol, tol=tol,
-                                     settle_tol=settle_tol, t_max=t_max, dtype=dtype, seed=seed)
+                                     settle_tol=settle_tol, t_max=t_max, dtype=dtype, seed=seed,
+                                     backend=backend, device=device)
     if torch_backend:
         from ._torch import relax_continuous as torch_ode
         # the defaults here are the scipy solvers'; left at them, the torch solver's own apply

@@ -10,6 +10,7 @@ from ._system import TorchSystem, resolve  # first: raises the clear error witho
 from ._backprop import backprop
 from ._euler import STATES, relax
 from ._etd import TORCH_ODE_METHODS, phi, relax_continuous
+from ._chips import relax_chips
 
 __all__ = ["backprop", "relax", "relax_continuous", "STATES", "TORCH_ODE_METHODS", "phi",
-           "TorchSystem", "resolve"]
+           "TorchSystem", "resolve", "relax_chips"]
