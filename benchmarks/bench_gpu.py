@@ -23,8 +23,10 @@ methods run round robin (each repeat times every method once, the reference firs
 row reports the median time, the ratio of medians to its reference and the range of the
 per-repeat ratios.  ``max_rel_error`` is the largest per-tensor ``||g - g_ref|| / ||g_ref||``
 against float64 autograd on the same device.  The Monte Carlo row times 10,000 sampled
-chips of 784-100-10 (batch 8) through dyadsim's chip engine (``relax_chips``; numpy, on the
-host) against 10,000 autograd gradient evaluations of the nominal network on the device.
+chips of 784-100-10 (batch 8) through dyadsim's chip engine (``relax_chips``), once with the
+numpy engine on the host and once with the torch engine on the device (all chips of a chunk
+x the batch as one tensor), against 10,000 autograd gradient evaluations of the nominal
+network on the device.
 
     python benchmarks/bench_gpu.py --device cuda --json bench_gpu.json   # full sizes
     python benchmarks/bench_gpu.py --device cpu --quick                  # small, < 1 minute
@@ -247,8 +249,8 @@ def _bench_model(name, spec, batch, cfg, dev, dtype, torch, dyadsim, log):
 
 def _monte_carlo(cfg, dev, dtype, torch, dyadsim, log):
     """N sampled chips of 784-100-10 (batch 8) through dyadsim's chip engine
-    (``dyadsim.relax_chips``, the steady state of every chip at once, numpy on the host),
-    in chunks of at most 1000 chips; the reference is N autograd gradient evaluations of
+    (``dyadsim.relax_chips``, the steady state of every chip at once), with the numpy engine
+    on the host and with the torch engine on the device, in chunks of at most 1000 chips; the reference is N autograd gradient evaluations of
     the nominal network on the device (N times the median of single calls)."""
     method = f"{cfg['mc_chips']} Monte Carlo chips"
     row = {"model": "mc 784-100-10", "mode": "api", "method": method, "median_s": None,
@@ -282,26 +284,39 @@ def _monte_carlo(cfg, dev, dtype, torch, dyadsim, log):
         ts.append(time.perf_counter() - t0)
     ref = cfg["mc_chips"] * statistics.median(ts)
     opts = dict(mismatch=0.05, derivative_mismatch=0.05, offset=1e-3)
-    dyadsim.relax_chips([dyadsim.Chip.sample(net, seed=[0, 0], **opts)], x, y, dtype=npd)  # warm-up
-    total, done = 0.0, 0
-    worst = 0.0
     nominal = dyadsim.backprop(net, x, y)
-    while done < cfg["mc_chips"]:
-        k = min(1000, cfg["mc_chips"] - done)
-        log(f"  mc: chips {done}..{done + k - 1}")
-        t0 = time.perf_counter()
-        chips = [dyadsim.Chip.sample(net, seed=[0, done + r], **opts) for r in range(k)]
-        res = dyadsim.relax_chips(chips, x, y, dtype=npd)
-        total += time.perf_counter() - t0
-        g = res[0].grads
-        worst = max(worst, _rel(g, nominal))
-        done += k
-        del chips, res
-    return dict(row, median_s=total, ratio=total / ref, ratio_min=total / ref, ratio_max=total / ref,
-                max_rel_error=worst,
-                note=("numpy chip engine on the host (sampling + steady state, one run); reference: "
-                      f"{cfg['mc_chips']} x one autograd call on the device; error: chip 0 vs the "
-                      "nominal network (the mismatch, not a bug)"))
+    engines = {"numpy": dict(dtype=npd), "torch": dict(dtype=npd, backend="torch", device=dev)}
+    for kw in engines.values():  # warm-up
+        dyadsim.relax_chips([dyadsim.Chip.sample(net, seed=[0, 0], **opts)], x, y, **kw)
+    rows, first = [], {}
+    for eng, kw in engines.items():
+        total, done, worst = 0.0, 0, 0.0
+        while done < cfg["mc_chips"]:
+            k = min(1000, cfg["mc_chips"] - done)
+            log(f"  mc [{eng}]: chips {done}..{done + k - 1}")
+            sync()
+            t0 = time.perf_counter()
+            chips = [dyadsim.Chip.sample(net, seed=[0, done + r], **opts) for r in range(k)]
+            res = dyadsim.relax_chips(chips, x, y, **kw)
+            sync()
+            total += time.perf_counter() - t0
+            worst = max(worst, _rel(res[0].grads, nominal))
+            if done == 0:
+                first[eng] = res.flat()
+            done += k
+            del chips, res
+        agree = ""
+        if eng == "torch":
+            diff = float(np.max(np.abs(first["torch"] - first["numpy"])))
+            agree = f"; chunk 0 agrees with the numpy engine to {diff:.1e} (max abs)"
+        where = "numpy on the host" if eng == "numpy" else f"torch on {dev}, K x B as one tensor"
+        rows.append(dict(row, method=f"{method} [{eng}]", median_s=total, ratio=total / ref,
+                         ratio_min=total / ref, ratio_max=total / ref, max_rel_error=worst,
+                         note=(f"chip engine, {where} (sampling + steady state, one run, chunks of "
+                               f"1000); reference: {cfg['mc_chips']} x one autograd call on the "
+                               f"device; error: chip 0 vs the nominal network (the mismatch, not a "
+                               f"bug){agree}")))
+    return rows
 
 
 def run(device="cuda", quick=False, dtype="float32", threads=1, log=print) -> dict:
@@ -332,7 +347,8 @@ def run(device="cuda", quick=False, dtype="float32", threads=1, log=print) -> di
         r, info = _bench_model(model, spec, batch, cfg, dev, dtype, torch, dyadsim, log)
         rows += r
         models[model] = info
-    rows.append(_monte_carlo(cfg, dev, dtype, torch, dyadsim, log))
+    mc = _monte_carlo(cfg, dev, dtype, torch, dyadsim, log)
+    rows += mc if isinstance(mc, list) else [mc]
     return {"device": str(dev), "device_name": name, "dtype": dtype, "quick": quick,
             "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "models": models, "rows": rows,
@@ -345,14 +361,14 @@ def _table(res) -> str:
     for m, info in res["models"].items():
         lines.append(f"  {m}: {info['spec']}, batch {info['batch']}, depth L={info['depth']}, "
                      f"{info['params']} params")
-    head = f"{'model':8} {'mode':6} {'method':28} {'median [ms]':>11} {'x ref':>6} {'range':>13} {'max rel err':>11}  note"
+    head = f"{'model':8} {'mode':6} {'method':34} {'median [ms]':>11} {'x ref':>6} {'range':>13} {'max rel err':>11}  note"
     lines += [head, "-" * len(head)]
     for r in res["rows"]:
         if r["median_s"] is None:
-            lines.append(f"{r['model']:8} {r['mode']:6} {r['method']:28} {'n/a':>11} {'':>6} {'':>13} {'':>11}  {r['note']}")
+            lines.append(f"{r['model']:8} {r['mode']:6} {r['method']:34} {'n/a':>11} {'':>6} {'':>13} {'':>11}  {r['note']}")
             continue
         rng = f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}"
-        lines.append(f"{r['model']:8} {r['mode']:6} {r['method']:28} {1e3 * r['median_s']:11.2f} "
+        lines.append(f"{r['model']:8} {r['mode']:6} {r['method']:34} {1e3 * r['median_s']:11.2f} "
                      f"{r['ratio']:6.2f} {rng:>13} {r['max_rel_error']:11.2e}  {r['note']}")
     return "\n".join(lines)
 
