@@ -23,6 +23,8 @@ from ._setup import (
     DEFAULT_OPTIONS, GAIN_NODE, TAU_NODE, Netlist, describe_network, layer_identifier,
     layer_identifiers, node_name, target_node,
 )
+from ._gains import (GAIN_LIMITS, GAIN_TARGET, MAX_ERROR_VOLTAGE, gain_node, gain_param,
+                     reference_error_extents, stage_gains)
 from ._compiler import compile_netlist
 from ._device import BJTModel, OpAmp, compile_device_netlist
 from ._chip import compile_chip_netlist, place_values
@@ -31,6 +33,9 @@ __all__ = [
     # compiling
     "compile_netlist", "Netlist", "DEFAULT_OPTIONS", "compile_device_netlist", "OpAmp", "BJTModel",
     "compile_chip_netlist", "place_values",
+    # gain staging
+    "GAIN_TARGET", "GAIN_LIMITS", "MAX_ERROR_VOLTAGE", "gain_node", "gain_param",
+    "reference_error_extents", "stage_gains",
     # node naming (what the readout, the CLI and Monte Carlo read the circuit by)
     "layer_identifier", "layer_identifiers", "node_name", "target_node", "GAIN_NODE",
     "TAU_NODE", "describe_network", "safe_identifier", "format_number",

@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import DyadsimError
+from ._gains import gain_param, stage_gains
 from ._ir import Call, Circuit, Kind, Num, Param, Volt
 from ._setup import (  # noqa: F401  (the names this module had before _setup)
     DEFAULT_OPTIONS, GAIN_NODE, TAU_NODE, TRAN_OPTIONS, Netlist, add_references, add_sources,
@@ -76,7 +77,16 @@ def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_s
     ----------
     analysis : ``"op"`` (the steady state: the fast path to gradients) or ``"tran"`` (the
         relaxation from x = z = 0).
-    gain : scale of the injected cost current; error voltages are ``gain * dC/da``.
+    gain : float, ``"auto"``, mapping ``{layer: float}`` or sequence
+        Scale of the error voltages.  A number: one gain for the whole circuit, error
+        voltages ``gain * dC/da``.  ``"auto"``: gain staging, one power-of-ten gain per
+        layer chosen from a float64 backprop pass of this batch so that every layer's
+        largest error voltage lies in :data:`~dyadsim.circuits.GAIN_TARGET` (0.1 to 1 V);
+        the backward couplings then carry the ratio of neighbouring gains and the readout
+        divides by each layer's gain (``.param gain_<layer>``, nodes ``gain_ref_<layer>``).
+        Per-layer gains can also be given (one per non-input layer).  Refused: gains
+        outside :data:`~dyadsim.circuits.GAIN_LIMITS`, and any whose error voltages exceed
+        :data:`~dyadsim.circuits.MAX_ERROR_VOLTAGE` (ngspice stops converging).
     tau : time constant C/g in seconds; ``g`` is the transconductance scale in siemens.
     t_stop, t_step, max_step : transient settings in units of tau (defaults: 6L + 30,
         0.05 and 0.05).
@@ -92,10 +102,11 @@ def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_s
     if summing not in ("G", "B"):
         raise DyadsimError(f"unknown summing {summing!r}; valid: G, B")
     check_analysis(analysis)
-    for nm, val in (("gain", gain), ("tau", tau), ("g", g)):
+    for nm, val in (("tau", tau), ("g", g)):
         if not (isinstance(val, (int, float)) and np.isfinite(val) and val > 0):
             raise DyadsimError(f"{nm} must be a positive finite number, got {val!r}")
     fr = start(net, x, y, t0)
+    gains = stage_gains(net, fr.X, fr.Y, gain)
     X, Y, B, L, ids, nm = fr.X, fr.Y, fr.B, net.depth, fr.ids, fr.nm
     node_map, aux_map, in_nodes, tgt_nodes = fr.node_map, fr.aux_map, fr.in_nodes, fr.tgt_nodes
 
@@ -111,13 +122,31 @@ def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_s
         "steady state (.op): the forward pass and the backprop errors; gradients are read out",
         "  as dC/dW_pv = mean_b sigma'(u_v)*d_v m_p^T with d = (V(x)-V(z))/gain.",
     ]
-    c.params = {"g": float(g), "tau": float(tau), "cap": Param("tau") * Param("g"),
-                "gain": float(gain)}
-    gP, gainP = Param("g"), Param("gain")
+    c.params = {"g": float(g), "tau": float(tau), "cap": Param("tau") * Param("g")}
+    if gains.staged:
+        # one gain per layer: error voltage x - z = gain_v dC/da_v; the backward couplings
+        # c -> v carry gain_v / gain_c; the cost injection the output's gain
+        c.header += [
+            "gain staging: one gain per layer, .param gain_<layer>; x - z = gain_<layer> * dC/da",
+            "  on every layer, W^T transconductances c -> v scaled by gain_v/gain_c, the cost",
+            "  injected with the output layer's gain, d read out as (V(x)-V(z))/V(gain_ref_<layer>).",
+        ]
+        for v in net.nodes:
+            c.params[gain_param(ids[v])] = gains[v]
+        c.params["gain"] = Param(gain_param(ids[net.output]))
+        gainP = Param(gain_param(ids[net.output]))
+
+        def ratio(v, ch):
+            return Param(gain_param(ids[v])) / Param(gain_param(ids[ch]))
+    else:
+        c.params["gain"] = float(gain)
+        gainP = Param("gain")
+        ratio = None
+    gP = Param("g")
     # every connection of every edge (conv kernels repeat their shared weight here)
     fwd = {e: sp.csr_matrix(net.edge_matrix(*e)) for e in net.edges}
     bwd = {e: sp.csc_matrix(net.edge_matrix(*e)) for e in net.edges}
-    add_references(c)
+    add_references(c, [ids[v] for v in net.nodes] if gains.staged else ())
 
     for b in range(B):
         sfx = f" (sample {b})" if B > 1 else ""
@@ -148,8 +177,9 @@ def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_s
                     sec.add(Kind.R, f"{rn}", (rn, "0"), Num(1.0) / gP, cr)
                     for ch in net.succs[v]:
                         for j, w in _col(bwd[(v, ch)], i):
+                            gm = gP * w if ratio is None else gP * w * ratio(v, ch)
                             sec.add(Kind.G, f"{rn}_{ids[ch]}_{j}", ("0", rn, nm("s", ch, j, b), "0"),
-                                    gP * w, cr)
+                                    gm, cr)
                 else:
                     cm = f"neuron {ids[v]}[{i}]: u = sum_p W m_p + b, r = sum_c W_c^T s_c (B sums)"
                     expr = Num(float(bias[i]))
@@ -161,7 +191,8 @@ def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_s
                     expr = Num(0.0)
                     for ch in net.succs[v]:
                         for j, w in _col(bwd[(v, ch)], i):
-                            expr = expr + Num(w) * Volt(nm("s", ch, j, b))
+                            wt = Num(w) if ratio is None else Num(w) * ratio(v, ch)
+                            expr = expr + wt * Volt(nm("s", ch, j, b))
                     sec.add(Kind.BV, rn, (rn, "0"), expr, cm)
                 u = Volt(un)
                 # m, s
@@ -186,7 +217,7 @@ def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_s
                  dict(DEFAULT_OPTIONS), options)
     writer = NgspiceNetlister()
     writer.write(c)
-    return finish(c, fr, writer.stream.getvalue(), analysis, gain, g, tau)
+    return finish(c, fr, writer.stream.getvalue(), analysis, gains, g, tau)
 
 
 def _row(M, i):

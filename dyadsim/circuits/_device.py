@@ -46,6 +46,7 @@ from ._ir import (  # noqa: F401  (the names this module had before _ir held the
     OFFSET_OPAMP_GAIN, OPAMP_PREFIX, WEIGHT_PREFIX, DeviceCircuit, DeviceKind, Kind, NoiseSource,
     Num, Param, Transistor, Volt, _check_number, is_opamp, is_weight, thermal_voltage,
 )
+from ._gains import gain_param, stage_gains
 from ._setup import (
     DEFAULT_OPTIONS, Netlist, add_references, add_sources, check_analysis, describe_network,
     finish, set_analysis, start,
@@ -211,7 +212,12 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
     Parameters
     ----------
     analysis : ``"op"`` or ``"tran"`` (relaxation from x = z = 0).
-    gain : cost gain; error voltages are ``gain * dC/da``.
+    gain : float, ``"auto"``, mapping or sequence
+        Cost gain; error voltages are ``gain * dC/da``.  ``"auto"`` (or per-layer gains)
+        stages one gain per layer as in :func:`~dyadsim.compile_netlist`; in this dialect
+        the ratio of neighbouring gains is folded into the backward crossbar's
+        conductances (``gain_v / gain_c * W^T``) and the cost resistors use the output
+        layer's gain.
     tau : time constant ``R_unit * C`` of the x/z integrators, seconds.
     r_unit : the unit resistance (ohms): weight w is the conductance ``|w| / r_unit``.
     opamp : :class:`OpAmp` (default ideal).  bjt : :class:`BJTModel` (default near-ideal).
@@ -232,7 +238,7 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
     if not isinstance(bjt, BJTModel):
         raise DyadsimError(f"bjt must be a BJTModel, got {type(bjt).__name__}")
     check_analysis(analysis)
-    for nm_, val in (("gain", gain), ("tau", tau), ("r_unit", r_unit), ("i_tail", i_tail),
+    for nm_, val in (("tau", tau), ("r_unit", r_unit), ("i_tail", i_tail),
                      ("r_divider", r_divider)):
         _check_number(nm_, val, positive=True)
     g_offset = _check_number("g_offset", g_offset, nonneg=True)
@@ -250,9 +256,11 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
                 f"layer {v!r} has activation {act!r}: the device dialect builds "
                 f"{' and '.join(DEVICE_ACTIVATIONS)} neurons only; use the behavioural compile_netlist")
     fr = start(net, x, y, t0)
+    gains = stage_gains(net, fr.X, fr.Y, gain)
     X, Y, B, L, ids, nm = fr.X, fr.Y, fr.B, net.depth, fr.ids, fr.nm
     node_map, aux_map, in_nodes, tgt_nodes = fr.node_map, fr.aux_map, fr.in_nodes, fr.tgt_nodes
     R = float(r_unit)
+    g_out = gains[net.output]  # the cost gain
     vt = thermal_voltage(temp)
     k_div = 2.0 * vt  # divider ratio: V_d = 2 V_T * u (u in volts)
     r_a = r_divider * (1.0 - k_div) / k_div
@@ -260,7 +268,7 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
     cap = tau / R
     # Newton's first guess: the ideal circuit's operating point, from the digital
     # forward and backward passes (a mismatched circuit starts next to its answer)
-    nominal = _nominal_voltages(net, X, Y, gain, k_div, vt, bjt, i_tail)
+    nominal = _nominal_voltages(net, X, Y, gains, k_div, vt, bjt, i_tail)
 
     c = DeviceCircuit(title=title or f"DBP device-level circuit: {L}-deep network, {net.n} "
                                      f"neurons, {B} sample(s), analysis {analysis}")
@@ -275,11 +283,18 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
         "s = (V(x) - V(z)) * (1 - V(sgb)^2): behavioural multiplier B-source (the only one).",
         "x, z: op-amp leaky integrators, tau = R_unit * C; steady state = backprop (see docs/device_circuit.md).",
     ]
-    c.params = {"g": 1.0 / R, "tau": float(tau), "cap": float(cap), "gain": float(gain)}
+    c.params = {"g": 1.0 / R, "tau": float(tau), "cap": float(cap), "gain": float(g_out)}
+    if gains.staged:
+        c.header += [
+            "gain staging: one gain per layer, .param gain_<layer>; x - z = gain_<layer> * dC/da;",
+            "  the backward crossbar c -> v holds the conductances of gain_v/gain_c * W^T, the",
+            "  cost resistors use the output layer's gain, d read out as (V(x)-V(z))/V(gain_ref_<layer>).",
+        ]
+        c.params.update({gain_param(ids[v]): gains[v] for v in net.nodes})
     c.models = {"qn": ("npn", bjt.card()), "qp": ("pnp", bjt.card())}
     bld = _Builder(c, R, opamp.spice_gain, g_offset)
 
-    add_references(c)
+    add_references(c, [ids[v] for v in net.nodes] if gains.staged else ())
     rails = c.section("supply and bias rails")
     rc = "rails: +-1 V references (biases), mirror supply, pair common mode, tail sink"
     rails.add(Kind.V, "refp", ("vrefp", "0"), 1.0, rc)
@@ -295,8 +310,8 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
         rows, cols, vals = _edge_entries(net.edge_matrix(p, v))
         for i, k, w in zip(rows.tolist(), cols.tolist(), vals.tolist()):
             fwd[v][i].append((p, k, w))
-            if p != net.input:
-                bwd[p][k].append((v, i, w))
+            if p != net.input:  # staged: the error scale changes from gain_v to gain_p
+                bwd[p][k].append((v, i, w if not gains.staged else w * (gains[p] / gains[v])))
     has_bwd_in = {v: any(p != net.input for p in net.preds[v]) for v in net.nodes}
 
     def pos_neg(p, k, b, kind="m"):
@@ -386,8 +401,8 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
                     if is_out:
                         yn = tgt_nodes[(b, i)]
                         mpos, ypos = (n["mb"], yn) if sign > 0 else (n["m"], "yb" + yn[1:])
-                        bld.res(sec, "i_" + st + "_m", mpos, vg, 2 * R / gain, cm)
-                        bld.res(sec, "i_" + st + "_y", ypos, vg, 2 * R / gain, cm)
+                        bld.res(sec, "i_" + st + "_m", mpos, vg, 2 * R / g_out, cm)
+                        bld.res(sec, "i_" + st + "_y", ypos, vg, 2 * R / g_out, cm)
                     bld.res(sec, "f_" + st, st, vg, R, cm)
                     sec.add(Kind.C, "f_" + st, (st, vg), float(cap), cm)
                     bld.opamp(sec, st, vg, comment=cm)
@@ -408,10 +423,10 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
     set_analysis(c, analysis, L, tau, node_map, t_stop, t_step, max_step, opts, options)
     if opamp.offset != 0.0:
         c = add_opamp_offsets(c, {el.name: opamp.offset for el in c.elements() if is_opamp(el)})
-    return finish(c, fr, write_circuit(c), analysis, gain, 1.0 / R, tau, dialect="device")
+    return finish(c, fr, write_circuit(c), analysis, gains, 1.0 / R, tau, dialect="device")
 
 
-def _nominal_voltages(net, X, Y, gain, k_div, vt, bjt, i_tail):
+def _nominal_voltages(net, X, Y, gains, k_div, vt, bjt, i_tail):
     """``{(sample, layer): {node kind: (size,) volts}}`` of the ideal circuit's steady state."""
     B = X.shape[0]
     a, u = {net.input: X}, {}
@@ -435,6 +450,7 @@ def _nominal_voltages(net, X, Y, gain, k_div, vt, bjt, i_tail):
     vcm_b = V_CM * (1.0 - k_div)
     for v in net.nodes:
         g = net.loss.grad(a[v], Y) if v == net.output else 0.0
+        gain = gains[v]
         for b in range(B):
             m, dd = a[v][b], gain * d[v][b]
             s = gain * delta[v][b]

@@ -18,6 +18,7 @@ import numpy as np
 
 from .._io import atomic_write
 from ..errors import DyadsimError
+from ._gains import gain_node, gain_param
 from ._ir import Analysis, Circuit, Kind, Param
 
 __all__ = ["DEFAULT_OPTIONS", "TRAN_OPTIONS", "ANALYSES", "GAIN_NODE", "TAU_NODE", "Netlist",
@@ -167,6 +168,10 @@ class Netlist:
     ``node_map[(sample, layer, i)] = (x_node, z_node)`` for every stacked neuron;
     ``aux_map[(sample, layer, i)] = {"m": ..., "u": ..., "s": ..., "r": ...}``;
     ``input_nodes[(sample, i)]``, ``target_nodes[(sample, i)]``.
+    ``gain`` is the cost gain (the output layer's); ``gains`` holds the gain of every layer
+    (``{layer: float}``, all equal for a scalar gain) and ``staged`` says whether the
+    netlist has one gain per layer (``gain="auto"`` or per-layer gains: reference nodes
+    ``gain_ref_<layer>``, ``.param gain_<layer>``).
     """
 
     text: str
@@ -186,6 +191,8 @@ class Netlist:
     compile_time: float = 0.0
     path: Path | None = None
     stats: dict = field(default_factory=dict)
+    gains: dict = field(default_factory=dict)
+    staged: bool = False
 
     @property
     def n_samples(self) -> int:
@@ -203,7 +210,10 @@ class Netlist:
         nodes = [*self.input_nodes.values(), *self.target_nodes.values()]
         for key, (xn, zn) in self.node_map.items():
             nodes += [xn, zn, self.aux_map[key]["u"]]
-        return tuple(dict.fromkeys(nodes + [GAIN_NODE, TAU_NODE]))
+        refs = [GAIN_NODE, TAU_NODE]
+        if self.staged:
+            refs += [gain_node(self.layer_ids[v]) for v in self.gains]
+        return tuple(dict.fromkeys(nodes + refs))
 
     def write(self, path) -> Path:
         """Write the netlist text to ``path`` (a file name chosen by the caller; it never
@@ -293,13 +303,20 @@ def start(net, x, y, t0) -> Frame:
     return Frame(net, X, Y, layer_identifiers(net), t0)
 
 
-def add_references(c: Circuit) -> None:
+def add_references(c: Circuit, staged_ids=()) -> None:
     """The reference sources V(gain_ref) = gain and V(tau_ref) = tau, so that a readout
-    needs only the node voltages."""
+    needs only the node voltages; for a staged circuit also V(gain_ref_<layer>) =
+    gain_<layer> for every layer identifier in ``staged_ids``."""
     ref = c.section("reference: the cost gain as a voltage, so a readout needs only the node voltages")
     cm = "V(gain_ref) = gain, V(tau_ref) = tau (in seconds)"
     ref.add(Kind.V, "gain", (GAIN_NODE, "0"), Param("gain"), cm)
     ref.add(Kind.V, "tau", (TAU_NODE, "0"), Param("tau"), cm)
+    if staged_ids:
+        sec = c.section("reference: the gain of every layer (gain staging: error voltage of "
+                        "layer v = gain_v * dC/da_v)")
+        cm = "V(gain_ref_<layer>) = gain_<layer>"
+        for lid in staged_ids:
+            sec.add(Kind.V, "gain_" + lid, (gain_node(lid), "0"), Param(gain_param(lid)), cm)
 
 
 def add_sources(sec, fr: Frame, b, on_input=None, on_target=None) -> None:
@@ -320,10 +337,12 @@ def add_sources(sec, fr: Frame, b, on_input=None, on_target=None) -> None:
             on_target(n)
 
 
-def finish(c: Circuit, fr: Frame, text, analysis, gain, g, tau, **stats) -> Netlist:
-    """The :class:`Netlist` of a compiled circuit (stats, compile time)."""
-    nl = Netlist(text, c, fr.net, fr.X, fr.Y, analysis, float(gain), float(g), float(tau),
-                 fr.node_map, fr.aux_map, fr.ids, fr.in_nodes, fr.tgt_nodes)
+def finish(c: Circuit, fr: Frame, text, analysis, gains, g, tau, **stats) -> Netlist:
+    """The :class:`Netlist` of a compiled circuit (stats, compile time); ``gains`` is
+    the compilation's :class:`~._gains.Gains`."""
+    nl = Netlist(text, c, fr.net, fr.X, fr.Y, analysis, float(gains[fr.net.output]), float(g),
+                 float(tau), fr.node_map, fr.aux_map, fr.ids, fr.in_nodes, fr.tgt_nodes,
+                 gains=dict(gains.per_layer), staged=gains.staged)
     nl.stats = c.stats()
     nl.stats.update(stats)
     nl.compile_time = time.perf_counter() - fr.t0

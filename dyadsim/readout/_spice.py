@@ -8,7 +8,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..circuits import GAIN_NODE, TAU_NODE, compile_netlist, layer_identifiers, node_name, target_node
+from ..circuits import (GAIN_NODE, TAU_NODE, compile_netlist, gain_node, layer_identifiers, node_name,
+                        target_node)
 from ..dynamics import Chip, GradientResult, Gradients, System
 from ..errors import DyadsimError
 
@@ -131,14 +132,36 @@ def circuit_states(net, result, *, times=None) -> CircuitStates:
     return CircuitStates(*_states_from(net, result.v, B), B)
 
 
+def _layer_gains(net, get, voltages, gain=None):
+    """``(n,)`` array: the gain of every stacked neuron, from ``gain`` (a number, or
+    ``{layer: number}``) or read back from the circuit (``gain_ref_<layer>`` of a staged
+    circuit, else ``gain_ref``, else 1)."""
+    ids = layer_identifiers(net)
+    if gain is None:
+        if all(gain_node(ids[v]) in voltages for v in net.nodes):
+            gain = {v: float(get(gain_node(ids[v]))) for v in net.nodes}
+        else:
+            gain = float(get(GAIN_NODE)) if GAIN_NODE in voltages else 1.0
+    out = np.empty(net.n)
+    for v in net.nodes:
+        gv = gain[v] if isinstance(gain, dict) else gain
+        gv = float(gv)
+        if not (np.isfinite(gv) and gv > 0):
+            raise DyadsimError(f"the gain of layer {v!r} is {gv!r}: a gain must be positive and finite")
+        out[net.slice(v)] = gv
+    return out
+
+
 def readout(net, result, *, gain=None, method="spice", check=True) -> Gradients:
     """Gradients from the steady-state node voltages of a DBP circuit.
 
     ``result`` is an :class:`~dyadsim.simulator.OperatingPoint` or a
     :class:`~dyadsim.simulator.Transient` (its last time point is used).  With
-    ``m = (V(x)+V(z))/2``, ``d = (V(x)-V(z))/gain`` and the slope sigma'(V(u)) read at the
-    pre-activation nodes, ``dC/dW_pv = mean_b sigma'(u_v) d_v m_p^T``.  Inputs, targets and
-    the gain are read back from the circuit's own source nodes.
+    ``m = (V(x)+V(z))/2``, ``d_v = (V(x)-V(z))/gain_v`` and the slope sigma'(V(u)) read at
+    the pre-activation nodes, ``dC/dW_pv = mean_b sigma'(u_v) d_v m_p^T``.  Inputs, targets
+    and the gains are read back from the circuit's own source nodes: ``gain_ref_<layer>``
+    of a gain-staged circuit (``gain="auto"``), else the single ``gain_ref``.  ``gain``
+    (a number or ``{layer: number}``) overrides what the circuit says.
 
     ``check`` verifies that the circuit's V(u) equals W m + b of ``net`` (to 1e-4), which
     catches a result read out with the wrong network; turn it off for circuits perturbed
@@ -149,8 +172,7 @@ def readout(net, result, *, gain=None, method="spice", check=True) -> Gradients:
     if not hasattr(result, "voltages"):
         raise DyadsimError(f"readout needs a simulation result with node voltages, got {type(result).__name__}")
     X, Z, U, X0, Y, _ = circuit_states(net, result)
-    if gain is None:
-        gain = result.v(GAIN_NODE) if GAIN_NODE in result.voltages else 1.0
+    gain = _layer_gains(net, result.v, result.voltages, gain)
     if not (np.all(np.isfinite(X)) and np.all(np.isfinite(Z)) and np.all(np.isfinite(U))):
         raise DyadsimError("the circuit's state voltages contain NaN or inf")
     sysm = System(net, X0, Y)
@@ -189,16 +211,17 @@ def relaxation_trace(net, tran, *, tau=None, gain=None, max_points=300):
     """Readout along a transient: times (in tau), states and gradient errors vs the final state.
 
     Returns a dict with ``t`` (tau units), ``m``, ``d`` (T, B, n) and ``grad_error`` (T,)
-    (relative error of the gradients read out at t against those at the end).
+    (relative error of the gradients read out at t against those at the end).  ``gain``
+    (a number or ``{layer: number}``) defaults to what the circuit's reference nodes say
+    (per layer for a gain-staged circuit).
     """
     t = np.asarray(tran.time)
     idx = np.unique(np.linspace(0, len(t) - 1, min(max_points, len(t))).astype(int))
     X, Z, U, X0, Y, _ = circuit_states(net, tran, times=idx)  # (T, B, ...)
-    if gain is None:
-        gain = float(tran.v(GAIN_NODE)[-1]) if GAIN_NODE in tran.voltages else 1.0
     if tau is None:
         tau = float(tran.v(TAU_NODE)[-1]) if TAU_NODE in tran.voltages else 1.0
     X0, Y = X0[-1], Y[-1]
+    gain = _layer_gains(net, lambda n: float(np.asarray(tran.v(n))[-1]), tran.voltages, gain)
     sysm = System(net, X0, Y)
     m = 0.5 * (X + Z)
     d = (X - Z) / gain
@@ -277,6 +300,9 @@ def spice_gradients(net, x, y, *, analysis="op", gain=1.0, backend="auto", per_s
     from ..circuits import compile_device_netlist
 
     if isinstance(net, Chip):
+        if isinstance(gain, (str, dict, list, tuple, np.ndarray)):
+            raise DyadsimError(f"gain={gain!r}: a chip has one cost gain of its own (sample "
+                               "it with gain=...); gain staging is for networks")
         from ._chip_spice import chip_spice_gradients
         return chip_spice_gradients(
             net, x, y, analysis=analysis, gain=None if gain == 1.0 else gain, backend=backend,
@@ -291,7 +317,9 @@ def spice_gradients(net, x, y, *, analysis="op", gain=1.0, backend="auto", per_s
         lambda xb, yb: compile_fn(net, xb, yb, analysis=analysis, gain=gain, **compile_options),
         X, Y, analysis=analysis, per_sample=per_sample, backend=backend, processes=processes,
         timeout=timeout, keep_files=keep_files)
-    parts = [readout(net, r, gain=gain) for r in results]
+    # a scalar gain as given (the classic circuit); staged gains are read back per layer
+    parts = [readout(net, r, gain=gain if nl.gains and not nl.staged else None)
+             for nl, r in zip(netlists, results)]
     if len(parts) == 1:
         grads = parts[0]
     else:
@@ -310,7 +338,7 @@ def spice_gradients(net, x, y, *, analysis="op", gain=1.0, backend="auto", per_s
         tau = netlists[0].tau
         settle = []
         for r in results:
-            tr = relaxation_trace(net, r, tau=tau, gain=gain)
+            tr = relaxation_trace(net, r, tau=tau, gain=gain if not netlists[0].staged else None)
             settle.append(settling_time(tr["t"], tr["grad_error"], settle_tol))
         info["t_settle_tau"] = float(max(settle))
     return SpiceGradients(grads, netlists, results, info)
