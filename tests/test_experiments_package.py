@@ -39,7 +39,8 @@ def test_attribute_access_in_a_fresh_interpreter():
         assert t.experiments.run_experiment is e.run_experiment
         print(sorted(t.EXPERIMENTS))
     """)
-    assert out.split() == ["['accuracy',", "'analog',", "'hardware',", "'precision',", "'steps']"]
+    assert out.split() == ["['accuracy',", "'analog',", "'dynamic-range',", "'hardware',",
+                           "'precision',", "'steps']"]
 
 
 def test_experiments_attribute_first():
@@ -102,6 +103,7 @@ def test_one_module_per_experiment():
     import dyadsim.experiments as e
 
     for name, fn in e.EXPERIMENTS.items():
-        assert fn.__name__ == name
-        assert fn.__module__ == f"dyadsim.experiments._{name}"
+        stem = name.replace("-", "_")  # CLI names use '-', Python names '_'
+        assert fn.__name__ == stem
+        assert fn.__module__ == f"dyadsim.experiments._{stem}"
     assert e.DEPTH9 == "64-64x8-10" and e.EULER_STEP_BUDGET[1.0] == 18

@@ -394,7 +394,8 @@ def test_experiment_quick_writes_outputs(name, tmp_path):
 def test_run_experiment_errors(tmp_path):
     from dyadsim.training.experiments import EXPERIMENTS, run_experiment
 
-    assert set(EXPERIMENTS) == {"accuracy", "steps", "precision", "analog", "hardware"}
+    assert set(EXPERIMENTS) == {"accuracy", "steps", "precision", "analog", "hardware",
+                                "dynamic-range"}
     with pytest.raises(DyadsimError, match="unknown experiment 'loss'.*accuracy, steps"):
         run_experiment("loss", tmp_path)
     with pytest.raises(DyadsimError, match="does not take option"):

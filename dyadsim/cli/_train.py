@@ -13,7 +13,7 @@ from ._main import METHODS, check_output_dir, cli
 TRAIN_METHODS = METHODS
 #: kept in step with dyadsim.experiments.EXPERIMENTS (a test checks it); listed
 #: here so that ``dyadsim --help`` does not import matplotlib
-EXPERIMENT_NAMES = ("accuracy", "steps", "precision", "analog", "hardware")
+EXPERIMENT_NAMES = ("accuracy", "steps", "precision", "analog", "hardware", "dynamic-range")
 
 
 @cli.command()
@@ -109,9 +109,11 @@ def train(net_spec, data, method, eta, schedule, relax_steps, optimizer, lr, mom
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def experiment(name, out_dir, quick, seeds, jobs, as_json, progress):
-    """Regenerate one of the article's figures: accuracy, steps, precision, analog or hardware.
+    """Regenerate one of the article's figures: accuracy, steps, precision, analog, hardware
+    or dynamic-range.
 
-    Writes NAME.png plus the numbers as NAME.csv and NAME.json into --out.
+    Writes NAME.png plus the numbers as NAME.csv and NAME.json into --out (dynamic-range:
+    dynamic_range.png, .csv, .json).
 
     \b
     Example:
@@ -133,8 +135,9 @@ def experiment(name, out_dir, quick, seeds, jobs, as_json, progress):
         click.echo(json.dumps(summary, indent=2, default=str))
         return
     out = Path(out_dir)
-    click.echo(f"{name}: wrote {out / (name + '.png')}, {out / (name + '.csv')}, "
-               f"{out / (name + '.json')}  ({summary.get('wall_s', 0):.1f} s)")
+    stem = name.replace("-", "_")
+    click.echo(f"{name}: wrote {out / (stem + '.png')}, {out / (stem + '.csv')}, "
+               f"{out / (stem + '.json')}  ({summary.get('wall_s', 0):.1f} s)")
     for line in _headline(name, summary):
         click.echo("  " + line)
 
@@ -160,6 +163,12 @@ def _headline(name, s):
             return [f"{lab:<22} log10 angle (weights) {v['weights_log10_angle_range'][0]:.2f} .. "
                     f"{v['weights_log10_angle_range'][1]:.2f}"
                     for lab, v in s["configs"].items() if v["weights_log10_angle_range"]]
+        if name == "dynamic-range":
+            out = []
+            for lab, per in s["limits_at_1e-7"].items():
+                parts = [f"{act}: {v['deepest_within_1e-7']}" for act, v in per.items()]
+                out.append(f"{lab:<24} deepest L within 1e-7: " + ", ".join(parts))
+            return out
         if name == "hardware":
             out = [f"backprop {100 * s['backprop_test_accuracy_mean']:.2f}%"]
             for axis, d in s["axes"].items():

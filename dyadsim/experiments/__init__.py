@@ -15,6 +15,10 @@ Each experiment writes ``NAME.png`` (matplotlib, Agg canvas), ``NAME.csv`` and
 * ``hardware``  -- the depth-9 MLP trained with the gradients of sampled chips
   (:class:`dyadsim.Chip`): final accuracy and gradient misalignment against the size of
   each non-ideality, backprop as the reference.
+* ``dynamic-range`` -- per-layer readout error against depth (sigmoid and tanh MLPs up to
+  L = 30) for relax ``state="xz"`` (float64, float32), ``state="md"`` and ngspice ``.op`` at
+  gain 1 and ``gain="auto"``, with the equivalent x/z offset in volts (files
+  ``dynamic_range.png/.csv/.json``).
 
 ``quick=True`` shrinks every setting so that a run takes seconds (for tests); the full
 settings are the ones documented in ``docs/experiments.md``.
@@ -36,14 +40,16 @@ from ._accuracy import EULER_STEP_BUDGET, accuracy
 from ._analog import analog
 from ._hardware import HARDWARE_AXES, hardware
 from ._common import DEPTH9
+from ._dynamic_range import DYNAMIC_RANGE_CONFIGS, dynamic_range
 from ._precision import precision
 from ._steps import steps
 
 __all__ = ["EXPERIMENTS", "run_experiment", "accuracy", "steps", "precision", "analog",
-           "DEPTH9", "EULER_STEP_BUDGET", "hardware", "HARDWARE_AXES"]
+           "DEPTH9", "EULER_STEP_BUDGET", "hardware", "HARDWARE_AXES", "dynamic_range",
+           "DYNAMIC_RANGE_CONFIGS"]
 
 EXPERIMENTS = {"accuracy": accuracy, "steps": steps, "precision": precision, "analog": analog,
-               "hardware": hardware}
+               "hardware": hardware, "dynamic-range": dynamic_range}
 
 
 def run_experiment(name, out_dir, quick=False, seeds=None, progress=True, **options):
@@ -53,7 +59,8 @@ def run_experiment(name, out_dir, quick=False, seeds=None, progress=True, **opti
     ----------
     name : str
         One of :data:`EXPERIMENTS`: ``"accuracy"``, ``"steps"``, ``"precision"``,
-        ``"analog"``, ``"hardware"`` (case and surrounding blanks ignored).
+        ``"analog"``, ``"hardware"``, ``"dynamic-range"`` (case and surrounding blanks
+        ignored; ``"dynamic_range"`` is accepted too).
     out_dir : str or path-like
         Folder for ``NAME.png``, ``NAME.csv`` and ``NAME.json`` (created if missing).
     quick : bool
@@ -76,9 +83,10 @@ def run_experiment(name, out_dir, quick=False, seeds=None, progress=True, **opti
     DyadsimError
         For an unknown experiment or an option the experiment does not take.
     """
-    if not isinstance(name, str) or name.strip().lower() not in EXPERIMENTS:
+    key = name.strip().lower().replace("_", "-") if isinstance(name, str) else None
+    if key not in EXPERIMENTS:
         raise DyadsimError(f"unknown experiment {name!r}; valid experiments: {', '.join(EXPERIMENTS)}")
-    fn = EXPERIMENTS[name.strip().lower()]
+    fn = EXPERIMENTS[key]
     params = inspect.signature(fn).parameters
     bad = [k for k in options if k not in params]
     if bad:
