@@ -109,3 +109,20 @@ def test_relax_continuous_bad_inputs():
         dyadsim.relax_continuous(net, x, np.zeros((2, 3)))
     with user_error("input x.*non-finite"):
         dyadsim.relax_continuous(net, np.full_like(x, np.nan), y)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"rtol": float("nan")}, "rtol must be a number"),
+    ({"atol": float("nan")}, "atol must be a number"),
+    ({"t_max": float("nan")}, "t_max must be a number"),
+    ({"tol": -1.0}, "tol must be > 0"),
+    ({"settle_tol": 0.0}, "settle_tol must be > 0"),
+    ({"record": "yes"}, "record must be True or False"),
+    ({"max_record_bytes": 2.5}, "max_record_bytes must be an integer"),
+    ({"bogus": 1}, "unexpected keyword argument 'bogus'"),
+])
+def test_bad_numeric_arguments_fail_at_once(kw, match):
+    """NaN tolerances used to make the solver loop forever: now refused before it starts."""
+    net = dyadsim.mlp("3-4-2", seed=0)
+    with pytest.raises(dyadsim.DyadsimError, match=match):
+        dyadsim.relax_continuous(net, np.ones((2, 3)), np.zeros((2, 2)), **kw)

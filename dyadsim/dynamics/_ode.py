@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.integrate import DOP853, LSODA, RK23, RK45, BDF, Radau
 
+from .._validate import check_bool, check_int, check_real, checked_call
 from ..errors import ConvergenceError, DyadsimError
 from ._backend import use_torch
 from ._chip import Chip
@@ -56,6 +57,7 @@ class ContinuousResult(GradientResult):
 
 
 
+@checked_call
 def relax_continuous(net, x, y, *, method="DOP853", rtol=1e-10, atol=1e-13, tol=1e-11,
                      settle_tol=1e-6, t_max=None, jac="auto", dtype=np.float64,
                      record=False, max_record_bytes=256 * 2**20, progress=False,
@@ -82,6 +84,16 @@ def relax_continuous(net, x, y, *, method="DOP853", rtol=1e-10, atol=1e-13, tol=
         ``atol`` left at their defaults take that solver's own (rtol 3e-2, relative to each
         step's increment).
     """
+    rtol = check_real("rtol", rtol, low=0, low_open=True)
+    atol = check_real("atol", atol, low=0, low_open=True)
+    tol = check_real("tol", tol, low=0, low_open=True)
+    settle_tol = check_real("settle_tol", settle_tol, low=0, low_open=True)
+    t_max = check_real("t_max", t_max, low=0, low_open=True, allow_none=True)
+    max_record_bytes = check_int("max_record_bytes", max_record_bytes, 1)
+    record = check_bool("record", record)
+    progress = check_bool("progress", progress)
+    if not (isinstance(jac, str) and jac == "auto"):
+        jac = check_bool("jac", jac)
     torch_backend = use_torch(backend, device)
     if isinstance(net, Chip):  # a sampled chip: per-neuron tau, noise as an SDE
         from ._chip_engine import relax_chip_continuous
