@@ -28,6 +28,7 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
+from .._validate import checked_call
 from ..errors import DyadsimError
 from ._gains import gain_param, stage_gains
 from ._ir import Call, Circuit, Kind, Num, Param, Volt
@@ -69,6 +70,7 @@ def _dsigma(act: str, u):
     raise DyadsimError(f"no circuit for activation {act!r}")
 
 
+@checked_call
 def compile_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, g=1e-3, t_stop=None,
                     t_step=None, max_step=None, options=None, title=None, summing="G") -> Netlist:
     """Compile a network and a batch (x, y) into an ngspice netlist.

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from .._validate import checked_call
 from ..errors import DyadsimError
 from ._ir import (  # noqa: F401  (the names this module had before _ir held them)
     BOLTZMANN, CELSIUS_TO_KELVIN, CHARGE, IDEAL_OPAMP_GAIN, MAX_GAIN_TIMES_OFFSET,
@@ -200,6 +201,7 @@ class _Builder:
                 self.res(sec, f"{prefix}{out}_{pos}", pos, vg, self.R / gn, comment)
 
 
+@checked_call
 def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_unit=10e3,
                            opamp=None, bjt=None, i_tail=100e-6, r_divider=100.0, g_offset=0.0,
                            temp=27.0, t_stop=None, t_step=None, max_step=None, options=None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validate import checked_call
 from ..errors import DyadsimError
 from ._system import System
 
@@ -26,6 +27,7 @@ def _states(sysm, a, b, names):
     return A.reshape(want), Bv.reshape(want)
 
 
+@checked_call
 def energy(net, x, z, x0, y, dtype=np.float64):
     """E(x, z) = (x - z)^T F((x + z)/2) + C(m_L, y), per sample (a float for one sample)."""
     s = System(net, x0, y, dtype)
@@ -34,6 +36,7 @@ def energy(net, x, z, x0, y, dtype=np.float64):
     return float(e[0]) if s.single else e
 
 
+@checked_call
 def flow(net, x, z, x0, y, dtype=np.float64):
     """The saddle flow (dx/dt, dz/dt) = (+dE/dx, -dE/dz)."""
     s = System(net, x0, y, dtype)
@@ -42,6 +45,7 @@ def flow(net, x, z, x0, y, dtype=np.float64):
     return (dx[0], dz[0]) if s.single else (dx, dz)
 
 
+@checked_call
 def flow_md(net, m, d, x0, y, dtype=np.float64):
     """The same flow in (m, d) = ((x+z)/2, x-z) coordinates, where it decouples:
     dm/dt = sigma(W m + beta) - m,  dd/dt = W^T (sigma'(W m + beta) * d) - d + g."""
@@ -51,6 +55,7 @@ def flow_md(net, m, d, x0, y, dtype=np.float64):
     return (dm[0], dd[0]) if s.single else (dm, dd)
 
 
+@checked_call
 def flow_jacobian(net, x, z, x0, y, dtype=np.float64):
     """Sparse Jacobian of (dx/dt, dz/dt) with respect to (x, z).
 

@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from .._validate import checked_call
 from ..errors import DyadsimError, SimulatorError
 from ._engine import _Engine
 from ._result import ALL_TENSORS, COLUMNS, MonteCarloResult
@@ -220,6 +221,7 @@ def compile_base(net, x, y, dialect="behavioral", analysis="op", **compile_optio
     raise DyadsimError(f"unknown dialect {dialect!r}; valid: {', '.join(DIALECTS)}")
 
 
+@checked_call
 def monte_carlo(net, x, y, *, nonidealities=(), runs=200, dialect="behavioral", scheduler=None,
                 workers=None, seed=0, progress=True, timeout=120.0, analysis="op", average=None,
                 compile_options=None, chip=None, engine=None, reference="network", chunk=None,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._validate import checked_call
 from .._io import save_figure
 from ..errors import DyadsimError
 from ._engine import _Engine
@@ -47,6 +48,7 @@ class SweepResult:
         return pd.DataFrame(rows)
 
 
+@checked_call
 def sweep(net, x, y, *, factory, values, runs=50, label=None, scheduler=None, workers=None,
           progress=True, **mc_kwargs) -> SweepResult:
     """A Monte Carlo per value: ``factory(value)`` gives the non-idealities, e.g.

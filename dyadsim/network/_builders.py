@@ -7,6 +7,7 @@ from typing import Sequence
 import networkx as nx
 import numpy as np
 
+from .._validate import check_int, check_real, checked_call
 from ..errors import DyadsimError
 from ._activations import ACTIVATIONS, get_activation
 from ._losses import get_loss
@@ -54,6 +55,7 @@ def _init_weight(rng, n_out, n_in, activation):
     return rng.standard_normal((n_out, n_in)) * gain / np.sqrt(n_in)
 
 
+@checked_call
 def mlp(sizes, activation="tanh", output_activation=None, loss="mse", seed=0,
         bias_scale=0.1) -> Network:
     """A fully connected feedforward network.
@@ -70,6 +72,8 @@ def mlp(sizes, activation="tanh", output_activation=None, loss="mse", seed=0,
     Layer nodes are named ``"input"``, ``"h1"`` ... ``"h{L-1}"``, ``"output"``.
     """
     sizes = parse_sizes(sizes)
+    seed = check_int("seed", seed, 0)
+    bias_scale = check_real("bias_scale", bias_scale, low=0)
     n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
     if n_params > MAX_PARAMS:
         raise DyadsimError(
@@ -94,6 +98,7 @@ def mlp(sizes, activation="tanh", output_activation=None, loss="mse", seed=0,
     return Network.from_graph(G, loss=loss_obj.name)
 
 
+@checked_call
 def random_dag(n_hidden=3, sizes=(1, 5), n_in=None, n_out=None, skip_prob=0.4,
                activations: Sequence[str] | str | None = None, loss="mse", seed=0,
                weight_scale=1.0) -> Network:

@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._io import atomic_write
-from .._validate import as_float_array, check_finite
+from .._validate import as_float_array, check_finite, checked_call
 from ..errors import DyadsimError
 from ._activations import Activation, get_activation
 from ._edges import make_edge_op
@@ -700,6 +700,7 @@ class Network:
         return path
 
 
+@checked_call
 def load(path: str | PathLike, *, limits: dict | None = None) -> Network:
     """Load a network saved with :meth:`Network.save`.
 

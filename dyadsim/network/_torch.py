@@ -12,6 +12,7 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
+from .._validate import checked_call
 from ..errors import DyadsimError
 from ._network import Network
 
@@ -79,6 +80,7 @@ def _sequential_ok(module) -> bool:
 _LOSS_ALIASES = {"cross_entropy": "xent", "crossentropy": "xent", "mse_sum": "mse"}
 
 
+@checked_call
 def from_torch(module, input_shape, loss="mse") -> Network:
     """Build a :class:`Network` from a PyTorch model.
 
@@ -143,6 +145,7 @@ def from_torch(module, input_shape, loss="mse") -> Network:
     return net
 
 
+@checked_call
 def torch_gradients(net: Network, grads) -> dict:
     """Gradients under the imported model's parameter names, in torch's shapes.
 
@@ -242,6 +245,7 @@ def _from_sequential(module, input_shape, loss):
     return Network.from_graph(G, loss=loss)
 
 
+@checked_call
 def to_torch(net: Network, module=None):
     """Export a network's parameters to PyTorch.
 

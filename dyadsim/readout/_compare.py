@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .._validate import checked_call
 from ..errors import DyadsimError
 from ..network import param_name
 
@@ -145,6 +146,7 @@ class Comparison:
         return self.table()
 
 
+@checked_call
 def compare(grads, reference, *, label=None, reference_label=None) -> Comparison:
     """Compare gradients with a reference, tensor by tensor and globally.
 

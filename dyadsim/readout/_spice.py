@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._validate import checked_call
 from ..circuits import (GAIN_NODE, TAU_NODE, compile_netlist, gain_node, layer_identifiers, node_name,
                         target_node)
 from ..dynamics import Chip, GradientResult, Gradients, System
@@ -152,6 +153,7 @@ def _layer_gains(net, get, voltages, gain=None):
     return out
 
 
+@checked_call
 def readout(net, result, *, gain=None, method="spice", check=True) -> Gradients:
     """Gradients from the steady-state node voltages of a DBP circuit.
 
@@ -207,6 +209,7 @@ def settling_time(t, err, tol=1e-6) -> float:
     return float(t[bad[-1] + 1])
 
 
+@checked_call
 def relaxation_trace(net, tran, *, tau=None, gain=None, max_points=300):
     """Readout along a transient: times (in tau), states and gradient errors vs the final state.
 
@@ -279,6 +282,7 @@ def _compile_and_simulate(compile_one, X, Y, *, analysis, per_sample, backend, p
     return netlists, results, (t0, t1, time.perf_counter())
 
 
+@checked_call
 def spice_gradients(net, x, y, *, analysis="op", gain=1.0, backend="auto", per_sample=False,
                     processes=2, timeout=600.0, keep_files=False, settle_tol=1e-6,
                     dialect="behavioral", **compile_options) -> SpiceGradients:

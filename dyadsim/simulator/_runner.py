@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from .._io import atomic_write, read_text
-from .._validate import check_bool, check_int, check_timeout
+from .._validate import check_bool, check_int, check_timeout, checked_call
 from ..errors import DyadsimError, SimulatorError
 from . import _shared, _subprocess
 from ._results import OperatingPoint, Reason, Transient, result_from_plot, simulator_error, singular_matrix_lines
@@ -44,6 +44,7 @@ SAVE_AUTO = "auto"
 Result = Union[OperatingPoint, Transient]
 
 
+@checked_call
 def simulate(
     netlist,
     analysis: Optional[str] = None,
@@ -146,6 +147,7 @@ def simulate(
     return result
 
 
+@checked_call
 def simulate_many(
     netlists: Iterable,
     analysis: Optional[str] = None,
