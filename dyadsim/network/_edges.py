@@ -2,9 +2,15 @@
 
 Every edge is a linear map from the source's flattened activations (B, n_src) to a
 contribution to the destination's pre-activation (B, n_dst).  Dense edges hold a full
-matrix; structured edges (2-D convolution, average pooling) hold a small weight (or none)
-and an index map from each connection to the weight it shares, so the global system stays
-sparse: memory grows with the number of connections, not with n^2.
+matrix; structured edges (2-D convolution, average pooling) hold a small weight (or none).
+They are applied with strided BLAS-backed kernels: a convolution as im2col (one strided
+copy per kernel tap) and a batched matrix product, its transpose as the product with W^T
+and col2im (each tap's block added back where it was read), its weight gradient as a
+product summed over the batch; average pooling as a sum of strided taps where the windows
+tile the input, otherwise as two small averaging matrices (``A_h x A_w^T``).  The sparse
+block of the global W (:meth:`EdgeOp.matrix`, for the circuits and the stacked system) comes
+from an index map from each connection to the weight it shares, built on first use, so the
+global system stays sparse: memory grows with the number of connections, not with n^2.
 
 Flattening is free: activations are always stored flat, in PyTorch's (C, H, W) row-major
 order, so a ``Flatten`` between a conv layer and a dense one is just a dense edge whose
