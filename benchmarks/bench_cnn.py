@@ -1,102 +1,167 @@
-"""Global system of a LeNet-sized CNN: dense vs sparse, memory and time, side by side.
+"""LeNet-5: dyadsim's backprop and relax(eta=1) against torch autograd, and the global W.
 
-    python benchmarks/bench_cnn.py [--batch 32] [--repeats 3] [--json out.json]
+    python benchmarks/bench_cnn.py [--batch 64] [--repeats 20] [--threads 1] [--json out.json]
 
-LeNet-5-like on 1x28x28: conv 6@5x5 pad 2 (tanh) -> avgpool 2 -> conv 16@5x5 (tanh) ->
-avgpool 2 -> dense 120 (tanh) -> 84 (tanh) -> 10 (xent).  Prints the size of the global
-nilpotent W stored dense (n x n) and sparse (one entry per connection), the time of one
-global sweep u = W m + beta both ways, and of backprop and relax(eta=1) (which never form W:
-they apply each edge as a structured operator).
+The model is a PyTorch LeNet-5 on 1x28x28 (conv 6@5x5 pad 2, tanh, avgpool 2, conv 16@5x5,
+tanh, avgpool 2, flatten, dense 120 tanh, 84 tanh, 10; cross-entropy), imported with
+``dyadsim.from_torch``.  Timed side by side, in float64, one thread each (``--threads``
+pins numpy's BLAS with threadpoolctl and sets ``torch.set_num_threads``; the OMP/BLAS
+environment variables are set before numpy loads): torch autograd's forward + backward
+(``zero_grad``, ``cross_entropy(model(x), labels).backward()``: the reference), dyadsim's
+``backprop`` and ``relax(eta=1)`` with the wavefront schedule.  Every repeat runs the three
+in turn; the ratios are best over best, and the range is the per-repeat ratio (a row's
+time in one repeat over torch's in the same repeat).  Then the size of the global
+nilpotent W stored dense (n x n) and sparse, and one global sweep u = W m + beta both ways
+(relax and backprop never form W: each edge is applied as a structured operator).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 
-import networkx as nx
-import numpy as np
 
-import dyadsim
-
-
-def lenet(seed=0):
-    rng = np.random.default_rng(seed)
-    G = nx.DiGraph()
-    G.add_node("img", shape=(1, 28, 28))
-    c1 = dyadsim.Conv2d((1, 28, 28), 6, 5, 1, 2)
-    p1 = dyadsim.AvgPool2d(c1.out_shape, 2)
-    c2 = dyadsim.Conv2d(p1.out_shape, 16, 5)
-    p2 = dyadsim.AvgPool2d(c2.out_shape, 2)
-    G.add_node("c1", shape=c1.out_shape, activation="tanh", bias=np.zeros(6))
-    G.add_edge("img", "c1", op="conv2d", padding=2, weight=rng.normal(0, 1 / 5, c1.weight_shape))
-    G.add_node("p1", shape=p1.out_shape, activation="identity", bias=False)
-    G.add_edge("c1", "p1", op="avgpool2d", kernel_size=2)
-    G.add_node("c2", shape=c2.out_shape, activation="tanh", bias=np.zeros(16))
-    G.add_edge("p1", "c2", op="conv2d", weight=rng.normal(0, 1 / np.sqrt(150), c2.weight_shape))
-    G.add_node("p2", shape=p2.out_shape, activation="identity", bias=False)
-    G.add_edge("c2", "p2", op="avgpool2d", kernel_size=2)
-    prev, n_prev = "p2", int(np.prod(p2.out_shape))
-    for name, width, act in (("f1", 120, "tanh"), ("f2", 84, "tanh"), ("out", 10, "identity")):
-        G.add_node(name, size=width, activation=act, bias=np.zeros(width))
-        G.add_edge(prev, name, weight=rng.normal(0, 1 / np.sqrt(n_prev), (width, n_prev)))
-        prev, n_prev = name, width
-    return dyadsim.Network.from_graph(G, loss="xent")
+def _pin_env(threads):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
 
 
-def best(f, repeats):
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def lenet_torch(torch, seed=0):
+    """The PyTorch LeNet-5 (float64)."""
+    nn = torch.nn
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(),
+        nn.Linear(400, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, 10),
+    ).double()
+
+
+def run(batch=64, repeats=20, seed=0, dense_sweep=True, log=print) -> dict:
+    """Run the benchmark; a JSON-able dict of the numbers."""
+    import numpy as np
+    import torch
+
+    import dyadsim
+
+    model = lenet_torch(torch, seed)
+    net = dyadsim.from_torch(model, (1, 28, 28), loss="xent")
+    rng = np.random.default_rng(seed + 1)
+    x = rng.random((batch, 1, 28, 28))
+    labels = rng.integers(0, 10, batch)
+    y = np.eye(10)[labels]
+    xt, lt = torch.tensor(x), torch.tensor(labels)
+
+    def torch_step():
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(xt), lt).backward()
+
+    rows = {
+        "torch autograd": torch_step,
+        "backprop": lambda: dyadsim.backprop(net, x, y),
+        "relax wavefront": lambda: dyadsim.relax(net, x, y, schedule="wavefront"),
+    }
+    for f in rows.values():  # warm-up, not timed
         f()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
+    times = {k: [] for k in rows}
+    for r in range(repeats):
+        for k, f in rows.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    log(f"timed {repeats} repeats")
+
+    # exactness, side by side: dyadsim against torch's own gradients
+    torch_step()
+    tg = {name: p.grad.numpy().copy() for name, p in model.named_parameters()}
+    ref = dyadsim.backprop(net, x, y)
+    rel = dyadsim.relax(net, x, y, schedule="wavefront")
+    err_bp = max(np.linalg.norm(g - tg[k]) / np.linalg.norm(tg[k])
+                 for k, g in dyadsim.torch_gradients(net, ref).items())
+    err_relax = dyadsim.compare(rel.grads, ref).max_rel_error
+
+    base = np.array(times["torch autograd"])
+    table = []
+    for k, ts in times.items():
+        ts = np.array(ts)
+        per = ts / base
+        table.append({"row": k, "best_ms": 1e3 * ts.min(), "x_torch": ts.min() / base.min(),
+                      "range": [float(per.min()), float(per.max())], "median_x_torch": float(np.median(per))})
+    res = {"batch": batch, "repeats": repeats, "neurons": net.n, "depth": net.depth,
+           "parameters": net.n_params, "rows": table,
+           "backprop_vs_torch_max_rel_error": float(err_bp),
+           "relax_vs_backprop_max_rel_error": float(err_relax),
+           "torch_threads": torch.get_num_threads()}
+
+    W = net.W
+    m = rng.random((batch, net.n))
+    beta = net.beta(x)
+    sparse = []
+    for _ in range(3):
+        t = time.perf_counter()
+        np.asarray((W @ m.T).T) + beta
+        sparse.append(time.perf_counter() - t)
+    res.update(connections=int(W.nnz), sparse_W_MB=(W.data.nbytes + W.indices.nbytes + W.indptr.nbytes) / 2**20,
+               dense_W_MB=net.n * net.n * 8 / 2**20, sweep_sparse_s=min(sparse))
+    if dense_sweep:
+        Wd = W.toarray()
+        dense = []
+        for _ in range(3):
+            t = time.perf_counter()
+            m @ Wd.T + beta
+            dense.append(time.perf_counter() - t)
+        res["sweep_dense_s"] = min(dense)
+    return res
+
+
+def format_report(res) -> str:
+    lines = [f"LeNet-5 from torch: {res['neurons']} neurons, depth {res['depth']}, {res['parameters']} parameters, "
+             f"batch {res['batch']}, float64, {res['repeats']} repeats, torch threads {res['torch_threads']}",
+             f"{'row':<18}{'best [ms]':>10}{'x torch':>9}{'range':>14}{'median':>8}",
+             "-" * 59]
+    for r in res["rows"]:
+        lo, hi = r["range"]
+        lines.append(f"{r['row']:<18}{r['best_ms']:>10.2f}{r['x_torch']:>9.2f}{lo:>8.2f}-{hi:<5.2f}"
+                     f"{r['median_x_torch']:>8.2f}")
+    lines.append(f"backprop vs torch autograd max rel. error {res['backprop_vs_torch_max_rel_error']:.1e}; "
+                 f"relax vs backprop {res['relax_vs_backprop_max_rel_error']:.1e}")
+    rows = {r["row"]: r["x_torch"] for r in res["rows"]}
+    lines.append(f"targets: backprop <= 2x torch: {rows['backprop']:.2f}x; "
+                 f"relax wavefront <= 2.5x torch: {rows['relax wavefront']:.2f}x")
+    line = (f"global W: {res['connections']} connections, sparse {res['sparse_W_MB']:.1f} MB "
+            f"(dense would be {res['dense_W_MB']:.1f} MB); one sweep sparse {res['sweep_sparse_s'] * 1e3:.2f} ms")
+    if "sweep_dense_s" in res:
+        line += (f", dense {res['sweep_dense_s'] * 1e3:.2f} ms "
+                 f"({res['sweep_dense_s'] / res['sweep_sparse_s']:.1f}x)")
+    lines.append(line)
+    return "\n".join(lines)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1, help="BLAS and torch threads (default 1)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-dense", action="store_true", help="skip the dense global W (500 MB)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    net = lenet()
-    rng = np.random.default_rng(1)
-    x = rng.random((args.batch, 1, 28, 28))
-    y = np.eye(10)[rng.integers(0, 10, args.batch)]
-    t_build = best(lambda: net.W, 1)
-    W = net.W
-    n = net.n
-    sparse_bytes = W.data.nbytes + W.indices.nbytes + W.indptr.nbytes
-    dense_bytes = n * n * 8
-    m = rng.random((args.batch, n))
-    beta = net.beta(x)
-    t_sparse = best(lambda: np.asarray((W @ m.T).T) + beta, args.repeats)
-    Wd = W.toarray()
-    t_dense = best(lambda: m @ Wd.T + beta, args.repeats)
-    Wd = None  # release the 500 MB
-    t_bp = best(lambda: dyadsim.backprop(net, x, y), args.repeats)
-    t_relax = best(lambda: dyadsim.relax(net, x, y, schedule="wavefront"), args.repeats)
-    t_par = best(lambda: dyadsim.relax(net, x, y), 1)
-    err = dyadsim.compare(dyadsim.relax(net, x, y).grads, dyadsim.backprop(net, x, y)).max_rel_error
-    res = {
-        "neurons": n, "depth": net.depth, "parameters": net.n_params, "connections": int(W.nnz),
-        "dense_W_MB": dense_bytes / 2**20, "sparse_W_MB": sparse_bytes / 2**20,
-        "memory_ratio_dense_over_sparse": dense_bytes / sparse_bytes,
-        "build_sparse_W_s": t_build, "sweep_sparse_s": t_sparse, "sweep_dense_s": t_dense,
-        "sweep_time_ratio_dense_over_sparse": t_dense / t_sparse,
-        "backprop_s": t_bp, "relax_wavefront_s": t_relax, "relax_parallel_s": t_par,
-        "wavefront_over_backprop": t_relax / t_bp, "parallel_over_backprop": t_par / t_bp,
-        "relax_max_rel_error": err, "batch": args.batch,
-    }
-    print(f"LeNet-like CNN: {n} neurons, depth {net.depth}, {net.n_params} parameters, "
-          f"{W.nnz} connections, batch {args.batch}")
-    print(f"  global W dense : {res['dense_W_MB']:9.1f} MB   one sweep {t_dense * 1e3:8.2f} ms")
-    print(f"  global W sparse: {res['sparse_W_MB']:9.1f} MB   one sweep {t_sparse * 1e3:8.2f} ms"
-          f"   (dense/sparse: memory {res['memory_ratio_dense_over_sparse']:.0f}x, time {res['sweep_time_ratio_dense_over_sparse']:.1f}x)")
-    print(f"  backprop {t_bp * 1e3:.1f} ms; relax eta=1 wavefront {t_relax * 1e3:.1f} ms "
-          f"({res['wavefront_over_backprop']:.2f}x), parallel {t_par * 1e3:.1f} ms "
-          f"({res['parallel_over_backprop']:.2f}x); relax vs backprop max rel. error {err:.1e}")
+    if min(args.batch, args.repeats, args.threads) < 1:
+        ap.error("--batch, --repeats and --threads must be positive")
+    _pin_env(args.threads)
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    import dyadsim  # noqa: F401  (loads every BLAS library first, so all are limited)
+
+    torch.set_num_threads(args.threads)
+    with threadpool_limits(limits=args.threads, user_api="blas"):
+        res = run(args.batch, args.repeats, args.seed, not args.skip_dense,
+                  log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(format_report(res))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(res, fh, indent=2)

@@ -2,9 +2,15 @@
 
 Every edge is a linear map from the source's flattened activations (B, n_src) to a
 contribution to the destination's pre-activation (B, n_dst).  Dense edges hold a full
-matrix; structured edges (2-D convolution, average pooling) hold a small weight (or none)
-and an index map from each connection to the weight it shares, so the global system stays
-sparse: memory grows with the number of connections, not with n^2.
+matrix; structured edges (2-D convolution, average pooling) hold a small weight (or none).
+They are applied with strided BLAS-backed kernels: a convolution as im2col (one strided
+copy per kernel tap) and a batched matrix product, its transpose as the product with W^T
+and col2im (each tap's block added back where it was read), its weight gradient as a
+product summed over the batch; average pooling as a sum of strided taps where the windows
+tile the input, otherwise as two small averaging matrices (``A_h x A_w^T``).  The sparse
+block of the global W (:meth:`EdgeOp.matrix`, for the circuits and the stacked system) comes
+from an index map from each connection to the weight it shares, built on first use, so the
+global system stays sparse: memory grows with the number of connections, not with n^2.
 
 Flattening is free: activations are always stored flat, in PyTorch's (C, H, W) row-major
 order, so a ``Flatten`` between a conv layer and a dense one is just a dense edge whose
@@ -75,30 +81,37 @@ class Dense(EdgeOp):
 
 
 class _Indexed(EdgeOp):
-    """A sparse map whose nonzero k is ``values[widx[k]]`` at (rows[k], cols[k])."""
+    """A structured map whose nonzero k is ``values[widx[k]]`` at (rows[k], cols[k]).
 
-    rows: np.ndarray
-    cols: np.ndarray
-    widx: np.ndarray
+    The index maps (built on first use, then kept) define :meth:`matrix`, the sparse block
+    of the global W; ``forward``, ``backward`` and ``weight_grad`` of the subclasses use
+    BLAS-backed strided kernels instead and never build them."""
 
     def _values(self, W):
         return np.asarray(W).ravel()[self.widx]
 
+    def _maps(self):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _get_maps(self):
+        maps = self.__dict__.get("_maps_cache")
+        if maps is None:
+            maps = self.__dict__["_maps_cache"] = self._maps()
+        return maps
+
+    rows = property(lambda self: self._get_maps()[0], doc="Row (destination) of each connection.")
+    cols = property(lambda self: self._get_maps()[1], doc="Column (source) of each connection.")
+    widx = property(lambda self: self._get_maps()[2], doc="Weight index of each connection.")
+
     def matrix(self, W):
         return sp.csr_matrix((self._values(W), (self.rows, self.cols)), shape=(self.n_dst, self.n_src))
 
-    def forward(self, W, a):
-        M = self.matrix(W).astype(a.dtype, copy=False)
-        return np.asarray((M @ a.T).T)
 
-    def backward(self, W, s):
-        M = self.matrix(W).astype(s.dtype, copy=False)
-        return np.asarray((M.T @ s.T).T)
-
-    def weight_grad(self, W, delta, a):
-        contrib = np.einsum("bk,bk->k", delta[:, self.rows], a[:, self.cols])
-        return np.bincount(self.widx, weights=contrib, minlength=int(np.prod(self.weight_shape))
-                           ).reshape(self.weight_shape).astype(delta.dtype, copy=False)
+def _window_slices(k, d, s, n_out):
+    """The input slice of kernel tap k (dilation d, stride s) over n_out outputs, in the
+    padded frame."""
+    start = k * d
+    return slice(start, start + s * (n_out - 1) + 1, s)
 
 
 #: The most connections (weight uses) one structured edge may have: its index maps hold
@@ -253,18 +266,93 @@ class Conv2d(_Indexed):
         self.weight_shape = (int(out_channels), cg, kh, kw)
         self.n_src = C * H * Wd
         self.n_dst = int(np.prod(self.out_shape))
-        oy, ox, ky, kx, iy, ix, ok = _window_maps(self.in_shape, (Ho, Wo), (kh, kw), (sh, sw), p4, (dh, dw))
-        co = np.arange(int(out_channels))[:, None, None, None, None, None]
+        # a tap never reads the padding at all: no padded copy is needed
+        self._padded = any(p4)
+        self._pointwise = (kh, kw) == (1, 1) and (sh, sw) == (1, 1) and not self._padded
+
+    def _maps(self):
+        C, H, Wd = self.in_shape
+        co_n, Ho, Wo = self.out_shape
+        kh, kw = self.kernel_size
+        g = self.groups
+        cg, og = C // g, co_n // g
+        oy, ox, ky, kx, iy, ix, ok = _window_maps(self.in_shape, (Ho, Wo), (kh, kw), self.stride,
+                                                  self.padding4, self.dilation)
+        co = np.arange(co_n)[:, None, None, None, None, None]
         cl = np.arange(cg)[None, :, None, None, None, None]
         ci = (co // og) * cg + cl
-        sel = np.broadcast_to(ok[None, None], (int(out_channels), cg) + ok.shape)
+        sel = np.broadcast_to(ok[None, None], (co_n, cg) + ok.shape)
         rows = (co * Ho + oy) * Wo + ox
         cols = (ci * H + iy) * Wd + ix
         widx = ((co * cg + cl) * kh + ky) * kw + kx
         full = sel.shape
-        self.rows = np.broadcast_to(rows, full)[sel].astype(np.int64)
-        self.cols = np.broadcast_to(cols, full)[sel].astype(np.int64)
-        self.widx = np.broadcast_to(widx, full)[sel].astype(np.int64)
+        return tuple(np.broadcast_to(v, full)[sel].astype(np.int64) for v in (rows, cols, widx))
+
+    # ------------------------------------------------------------ strided BLAS kernels
+    # Layout: the im2col matrix of a batch is (B, g, cg * kh * kw, Ho * Wo), with rows in
+    # the weight's (c, ky, kx) order, so one batched matmul with W as (g, og, cg*kh*kw)
+    # gives (B, g, og, Ho * Wo) = the output already in (C_out, H_out, W_out) order.
+    def _wmat(self, W, dtype):
+        g = self.groups
+        return np.asarray(W, dtype=dtype).reshape(g, self.weight_shape[0] // g, -1)
+
+    def _im2col(self, a):
+        B = a.shape[0]
+        C, H, Wd = self.in_shape
+        _, Ho, Wo = self.out_shape
+        kh, kw = self.kernel_size
+        g = self.groups
+        x = a.reshape(B, C, H, Wd)
+        if self._pointwise:
+            return x.reshape(B, g, C // g, H * Wd)
+        if self._padded:
+            pt, pb, pl, pr = self.padding4
+            xp = np.zeros((B, C, H + pt + pb, Wd + pl + pr), dtype=a.dtype)
+            xp[:, :, pt:pt + H, pl:pl + Wd] = x
+        else:
+            xp = x
+        cols = np.empty((B, C, kh, kw, Ho, Wo), dtype=a.dtype)
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        for ky in range(kh):
+            ys = _window_slices(ky, dh, sh, Ho)
+            for kx in range(kw):
+                cols[:, :, ky, kx] = xp[:, :, ys, _window_slices(kx, dw, sw, Wo)]
+        return cols.reshape(B, g, (C // g) * kh * kw, Ho * Wo)
+
+    def forward(self, W, a):
+        out = np.matmul(self._wmat(W, a.dtype), self._im2col(a))
+        return out.reshape(a.shape[0], self.n_dst)
+
+    def backward(self, W, s):
+        B = s.shape[0]
+        C, H, Wd = self.in_shape
+        _, Ho, Wo = self.out_shape
+        kh, kw = self.kernel_size
+        g = self.groups
+        Wm = self._wmat(W, s.dtype)
+        dcols = np.matmul(Wm.transpose(0, 2, 1), s.reshape(B, g, Wm.shape[1], Ho * Wo))
+        if self._pointwise:
+            return dcols.reshape(B, self.n_src)
+        dcols = dcols.reshape(B, C, kh, kw, Ho, Wo)
+        pt, pb, pl, pr = self.padding4
+        xp = np.zeros((B, C, H + pt + pb, Wd + pl + pr), dtype=s.dtype)
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        for ky in range(kh):  # col2im: each tap adds its column block back where it was read
+            ys = _window_slices(ky, dh, sh, Ho)
+            for kx in range(kw):
+                xp[:, :, ys, _window_slices(kx, dw, sw, Wo)] += dcols[:, :, ky, kx]
+        if self._padded:
+            xp = xp[:, :, pt:pt + H, pl:pl + Wd]
+        return xp.reshape(B, self.n_src)
+
+    def weight_grad(self, W, delta, a):
+        B = a.shape[0]
+        g = self.groups
+        cols = self._im2col(a)
+        d = delta.reshape(B, g, self.weight_shape[0] // g, -1)
+        # one (og, P) x (P, K) product per sample and group, summed over the batch
+        gw = np.matmul(d, cols.transpose(0, 1, 3, 2)).sum(axis=0)
+        return gw.reshape(self.weight_shape).astype(delta.dtype, copy=False)
 
     def to_dict(self):
         out = {"op": self.kind, "in_shape": list(self.in_shape), "out_channels": self.out_shape[0],
@@ -277,11 +365,73 @@ class Conv2d(_Indexed):
         return out
 
 
-class AvgPool2d(_Indexed):
+class _Pool(_Indexed):
+    """Shared kernels of the average poolings: a reshape-mean where the windows tile the
+    input (stride = kernel, no padding; a remainder that no window reads is cropped), and
+    otherwise the separable form ``out_c = A_h x_c A_w^T`` with two small averaging
+    matrices (exact: every window is a rectangle whose weight is the product of a row
+    weight and a column weight)."""
+
+    has_weight = False
+
+    def _setup(self, tile, Ah, Aw):
+        self._tile = tile  # (kh, kw) of the tiling fast path, or None
+        self._Ah, self._Aw = Ah, Aw
+
+    def forward(self, W, a):
+        B = a.shape[0]
+        C, H, Wd = self.in_shape
+        _, Ho, Wo = self.out_shape
+        x = a.reshape(B, C, H, Wd)
+        if self._tile is not None:
+            kh, kw = self._tile
+            out = None
+            for ky in range(kh):  # one strided add per tap (a reduction over the small
+                for kx in range(kw):  # window axes of a 6-d view is several times slower)
+                    tap = x[:, :, ky:Ho * kh:kh, kx:Wo * kw:kw]
+                    out = tap.copy() if out is None else out.__iadd__(tap)
+            out *= 1.0 / (kh * kw)
+            return out.reshape(B, self.n_dst)
+        t = np.matmul(x, self._Aw.T.astype(a.dtype, copy=False))  # (B, C, H, Wo)
+        return np.matmul(self._Ah.astype(a.dtype, copy=False), t).reshape(B, self.n_dst)
+
+    def backward(self, W, s):
+        B = s.shape[0]
+        C, H, Wd = self.in_shape
+        _, Ho, Wo = self.out_shape
+        g = s.reshape(B, C, Ho, Wo)
+        if self._tile is not None:
+            kh, kw = self._tile
+            g = (g * (1.0 / (kh * kw)))[:, :, :, None, :, None]
+            if (Ho * kh, Wo * kw) == (H, Wd):
+                out = np.empty((B, C, Ho, kh, Wo, kw), dtype=s.dtype)
+                out[...] = g  # a fresh array: the caller may add into it
+                return out.reshape(B, self.n_src)
+            out = np.zeros((B, C, H, Wd), dtype=s.dtype)
+            for ky in range(kh):  # a remainder row/column no window reads gets 0
+                for kx in range(kw):
+                    out[:, :, ky:Ho * kh:kh, kx:Wo * kw:kw] = g[:, :, :, 0, :, 0]
+            return out.reshape(B, self.n_src)
+        t = np.matmul(g, self._Aw.astype(s.dtype, copy=False))  # (B, C, Ho, W)
+        return np.matmul(self._Ah.T.astype(s.dtype, copy=False), t).reshape(B, self.n_src)
+
+    def weight_grad(self, W, delta, a):  # no parameters
+        return None
+
+
+def _avg_matrix(n_out, n_in, starts, stops):
+    """(n_out, n_in): row i averages inputs starts[i] .. stops[i] - 1 (clipped to the
+    input) with weight 1 / count[i]; ``count`` is given by the unclipped window."""
+    A = np.zeros((n_out, n_in))
+    for i, (lo, hi) in enumerate(zip(starts, stops)):
+        A[i, max(lo, 0):min(hi, n_in)] = 1.0 / (hi - lo)
+    return A
+
+
+class AvgPool2d(_Pool):
     """Average pooling (PyTorch's AvgPool2d, count_include_pad=True): no weight."""
 
     kind = "avgpool2d"
-    has_weight = False
 
     def __init__(self, in_shape, kernel_size, stride=None, padding=0):
         (C, Ho, Wo), count = window_out_shape("avgpool2d", in_shape, kernel_size, stride, padding)
@@ -296,21 +446,27 @@ class AvgPool2d(_Indexed):
         self.weight_shape = (1,)
         self.n_src = C * H * Wd
         self.n_dst = C * Ho * Wo
+        self.fixed = np.array([1.0 / (kh * kw)])
+        tile = (kh, kw) if (sh, sw) == (kh, kw) and (ph, pw) == (0, 0) else None
+        self._setup(tile,
+                    _avg_matrix(Ho, H, [i * sh - ph for i in range(Ho)], [i * sh - ph + kh for i in range(Ho)]),
+                    _avg_matrix(Wo, Wd, [j * sw - pw for j in range(Wo)], [j * sw - pw + kw for j in range(Wo)]))
+
+    def _maps(self):
+        C, H, Wd = self.in_shape
+        _, Ho, Wo = self.out_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         c, oy, ox, ky, kx = np.meshgrid(np.arange(C), np.arange(Ho), np.arange(Wo), np.arange(kh),
                                         np.arange(kw), indexing="ij")
         iy = oy * sh - ph + ky
         ix = ox * sw - pw + kx
         ok = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < Wd)
-        self.rows = ((c * Ho + oy) * Wo + ox)[ok].astype(np.int64)
-        self.cols = ((c * H + iy) * Wd + ix)[ok].astype(np.int64)
-        self.widx = np.zeros(len(self.rows), dtype=np.int64)
-        self.fixed = np.array([1.0 / (kh * kw)])
+        rows = ((c * Ho + oy) * Wo + ox)[ok].astype(np.int64)
+        cols = ((c * H + iy) * Wd + ix)[ok].astype(np.int64)
+        return rows, cols, np.zeros(len(rows), dtype=np.int64)
 
     def _values(self, W):
         return np.broadcast_to(self.fixed, self.rows.shape)
-
-    def weight_grad(self, W, delta, a):  # no parameters
-        return None
 
     def to_dict(self):
         return {"op": self.kind, "in_shape": list(self.in_shape), "kernel_size": list(self.kernel_size),
@@ -401,12 +557,11 @@ class ChannelAffine(EdgeOp):
         return {"op": self.kind, "eps": self.eps}
 
 
-class AdaptiveAvgPool2d(_Indexed):
+class AdaptiveAvgPool2d(_Pool):
     """PyTorch's AdaptiveAvgPool2d: output cell (i, j) averages rows floor(i H / Ho) ..
     ceil((i + 1) H / Ho) - 1 (and the same for columns); no weight."""
 
     kind = "adaptive_avgpool2d"
-    has_weight = False
 
     def __init__(self, in_shape, output_size):
         self.in_shape = tuple(int(v) for v in in_shape)
@@ -418,27 +573,30 @@ class AdaptiveAvgPool2d(_Indexed):
         self.output_size = (Ho, Wo)
         self.weight_shape = (1,)
         self.n_src, self.n_dst = C * H * Wd, C * Ho * Wo
+        self._ys = [((i * H) // Ho, -((-(i + 1) * H) // Ho)) for i in range(Ho)]
+        self._xs = [((j * Wd) // Wo, -((-(j + 1) * Wd) // Wo)) for j in range(Wo)]
+        tile = (H // Ho, Wd // Wo) if H % Ho == 0 and Wd % Wo == 0 else None
+        self._setup(tile, _avg_matrix(Ho, H, *zip(*self._ys)), _avg_matrix(Wo, Wd, *zip(*self._xs)))
+
+    def _maps(self):
+        C, H, Wd = self.in_shape
+        Ho, Wo = self.output_size
         rows, cols, vals = [], [], []
-        for i in range(Ho):
-            y0, y1 = (i * H) // Ho, -((-(i + 1) * H) // Ho)
-            for j in range(Wo):
-                x0, x1 = (j * Wd) // Wo, -((-(j + 1) * Wd) // Wo)
+        for i, (y0, y1) in enumerate(self._ys):
+            for j, (x0, x1) in enumerate(self._xs):
                 yy, xx = np.meshgrid(np.arange(y0, y1), np.arange(x0, x1), indexing="ij")
                 k = yy.size
                 for c in range(C):
                     rows.append(np.full(k, (c * Ho + i) * Wo + j))
                     cols.append(((c * H + yy) * Wd + xx).ravel())
                     vals.append(np.full(k, 1.0 / k))
-        self.rows = np.concatenate(rows).astype(np.int64)
-        self.cols = np.concatenate(cols).astype(np.int64)
-        self.widx = np.zeros(len(self.rows), dtype=np.int64)
         self.vals = np.concatenate(vals)
+        return (np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64),
+                np.zeros(len(self.vals), dtype=np.int64))
 
     def _values(self, W):
+        self._get_maps()
         return self.vals
-
-    def weight_grad(self, W, delta, a):  # no parameters
-        return None
 
     def to_dict(self):
         return {"op": self.kind, "in_shape": list(self.in_shape), "output_size": list(self.output_size)}
