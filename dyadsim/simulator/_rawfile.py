@@ -139,8 +139,20 @@ _HEADER_LINE = re.compile(rb"([^:\r\n]+):[ \t]*([^\r\n]*)\r?\n")
 def parse_raw(data: bytes) -> list[RawPlot]:
     """Parse the bytes of an ngspice raw file (binary or ASCII) into its plots, in order.
 
-    Raises :class:`RawFileError` (a :class:`~dyadsim.errors.SimulatorError` with reason
-    ``"failed"``) on a malformed file or on a plot with ``No. Points: 0``.
+    Parameters
+    ----------
+    data : bytes
+        The file's contents.
+
+    Returns
+    -------
+    list of RawPlot
+
+    Raises
+    ------
+    RawFileError
+        (a :class:`~dyadsim.errors.SimulatorError` with reason ``"failed"``) on a malformed
+        file or on a plot with ``No. Points: 0``.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"parse_raw() takes bytes, not {type(data).__name__}")
