@@ -522,8 +522,22 @@ class WireResistance(Nonideality):
 
 
 def apply_nonidealities(circuit: Circuit, nonidealities, rng) -> Circuit:
-    """Apply non-idealities in order; returns a new circuit (or ``circuit`` itself when all
-    of them are of size zero)."""
+    """Apply non-idealities to a circuit, in order.
+
+    Parameters
+    ----------
+    circuit : Circuit
+        The circuit (not modified).
+    nonidealities : sequence
+        Non-idealities (:class:`Mismatch`, :class:`Quantization`, ...).
+    rng : numpy.random.Generator
+        Where the random draws come from.
+
+    Returns
+    -------
+    Circuit
+        A new circuit, or ``circuit`` itself when all of them are of size zero.
+    """
     for ni in check_nonidealities(nonidealities):
         circuit = ni.apply(circuit, rng)
     return circuit
@@ -564,10 +578,23 @@ _check_list = check_nonidealities  # the old private name
 
 def perturbed_netlist(netlist, nonidealities, seed=None):
     """A copy of a compiled netlist with non-idealities applied to its circuit IR and the
-    text written again (:class:`~dyadsim.circuits.Netlist`, same node maps).
+    text written again.
 
-    ``seed``: anything ``numpy.random.default_rng`` takes (an int, a sequence of ints, a
-    ``SeedSequence``) or a ``Generator``; the same seed gives the same perturbed netlist.
+    Parameters
+    ----------
+    netlist : Netlist
+        A compiled netlist (:func:`~dyadsim.compile_netlist` or
+        :func:`~dyadsim.circuits.compile_device_netlist`).
+    nonidealities : sequence
+        Non-idealities (:class:`Mismatch`, :class:`Quantization`, ...), applied in order.
+    seed : optional
+        Anything ``numpy.random.default_rng`` takes (an int, a sequence of ints, a
+        ``SeedSequence``) or a ``Generator``; the same seed gives the same perturbed netlist.
+
+    Returns
+    -------
+    Netlist
+        The perturbed copy, with the same node maps.
     """
     items = check_nonidealities(nonidealities)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
