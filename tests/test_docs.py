@@ -78,13 +78,7 @@ NOT_YET_NUMPYDOC = {
     "settling_time": "dyadsim/readout/_spice.py",
     "spice_gradients": "dyadsim/readout/_spice.py",
     # not converted yet
-    "AmplifierNonideal": "dyadsim/circuits/_transforms.py",
-    "Mismatch": "dyadsim/circuits/_transforms.py",
-    "Quantization": "dyadsim/circuits/_transforms.py",
-    "ThermalNoise": "dyadsim/circuits/_transforms.py",
-    "WireResistance": "dyadsim/circuits/_transforms.py",
     "ChipBatchResult": "dyadsim/dynamics/_chip_engine.py",
-    "relax_chips": "dyadsim/dynamics/_chip_engine.py",
     "ChipSpec": "dyadsim/montecarlo/_chips.py",
     "MonteCarloResult": "dyadsim/montecarlo/_result.py",
     "monte_carlo": "dyadsim/montecarlo/_run.py",
@@ -93,10 +87,6 @@ NOT_YET_NUMPYDOC = {
     "sweep": "dyadsim/montecarlo/_sweep.py",
     "Network": "dyadsim/network/_network.py",
     "plot_relaxation": "dyadsim/readout/_plots.py",
-    "RawPlot": "dyadsim/simulator/_rawfile.py",
-    "RawVariable": "dyadsim/simulator/_rawfile.py",
-    "OperatingPoint": "dyadsim/simulator/_results.py",
-    "Transient": "dyadsim/simulator/_results.py",
     "History": "dyadsim/training/_history.py",
 }
 

@@ -72,7 +72,19 @@ class RawFileError(SimulatorError):
 
 @dataclass(frozen=True)
 class RawVariable:
-    """One vector of a plot: its column ``index``, ngspice's ``name`` and ``type``."""
+    """One vector of a plot: its column ``index``, ngspice's ``name`` and ``type``.
+
+    Parameters
+    ----------
+    index : int
+        Its column.
+    name : str
+        ngspice's name of the vector.
+    type : str
+        ngspice's type (``voltage``, ``current``, ``time``).
+    params : tuple of str, optional
+        Further fields of its header line.
+    """
 
     index: int
     name: str
@@ -87,6 +99,17 @@ class RawPlot:
     ``columns[i]`` holds the values of ``variables[i]`` over all points (float64, or
     complex128 when ``flags`` says complex).  Look a vector up by name with ``plot[name]``
     (case-insensitive).
+
+    Parameters
+    ----------
+    title, date, plotname, flags : str
+        The header fields of the plot.
+    variables : tuple of RawVariable
+        Its vectors.
+    columns : tuple of ndarray
+        Their values.
+    header : dict, optional
+        Every header field, by name.
     """
 
     title: str
