@@ -33,9 +33,28 @@ class ConvergenceError(DyadsimException, RuntimeError):
 class SimulatorError(DyadsimException, RuntimeError):
     """ngspice failed (not installed, parse error, singular matrix, timestep, timeout).
 
-    Attributes carry what a user needs to debug: ``netlist_path`` (where the netlist was
-    written, if anywhere), ``reason`` (a short category string), and ``log`` (ngspice's
-    own output).
+    The attributes carry what a user needs to debug; the message shows the netlist path
+    and the last 15 lines of ngspice's log.
+
+    Parameters
+    ----------
+    message : str
+        What went wrong.
+    reason : str, optional
+        A short category string (``"failed"``, ``"not-installed"``, ``"timeout"``, ...).
+    netlist_path : str or path-like, optional
+        Where the netlist was written, if anywhere.
+    log : str, optional
+        ngspice's own output.
+
+    Attributes
+    ----------
+    reason : str
+        As given.
+    netlist_path : str or None
+        As given, as a string.
+    log : str
+        As given.
     """
 
     def __init__(self, message: str, *, reason: str = "failed", netlist_path=None, log: str = ""):

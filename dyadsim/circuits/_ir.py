@@ -228,6 +228,21 @@ class Op(Expr):
 # ---------------------------------------------------------------- circuit records
 @dataclass(frozen=True)
 class Element:
+    """One circuit element.
+
+    Parameters
+    ----------
+    kind : Kind
+        What it is (its SPICE prefix letter).
+    name : str
+        Its name, without the prefix letter.
+    nodes : tuple of str
+        Its terminals, in SPICE order.
+    value : object
+        A float, a ``.param`` expression, or an expression for behavioural sources.
+    comment : str, optional
+        Written after the element.
+    """
     kind: Kind
     name: str  # without the prefix letter
     nodes: tuple
@@ -237,6 +252,17 @@ class Element:
 
 @dataclass
 class Section:
+    """A titled group of elements (written under a comment line).
+
+    Parameters
+    ----------
+    title : str
+        The section's comment.
+    elements : list of Element, optional
+        Its elements (``add`` appends one).
+    notes : list of str, optional
+        Comment lines written before the elements.
+    """
     title: str
     elements: list = field(default_factory=list)
     notes: list = field(default_factory=list)
@@ -247,6 +273,15 @@ class Section:
 
 @dataclass(frozen=True)
 class Analysis:
+    """The analysis card.
+
+    Parameters
+    ----------
+    kind : str
+        ``"op"`` or ``"tran"``.
+    tstep, tstop, tmax : float, optional
+        The transient's output step, end time and largest internal step (seconds).
+    """
     kind: str  # "op" or "tran"
     tstep: float = 0.0
     tstop: float = 0.0
@@ -256,7 +291,29 @@ class Analysis:
 @dataclass
 class Circuit:
     """A whole circuit: header lines, ``.param`` values, sections of elements, initial
-    conditions, first guesses (``.nodeset``), ``.options`` and the analysis."""
+    conditions, first guesses (``.nodeset``), ``.options`` and the analysis.
+
+    Parameters
+    ----------
+    title : str
+        The title line.
+    header : list of str, optional
+        Comment lines after the title.
+    params : dict, optional
+        ``.param`` values: name -> float or expression.
+    sections : list of Section, optional
+        The elements, in sections.
+    options : dict, optional
+        ``.options`` values.
+    analysis : Analysis, optional
+        The analysis (default ``.op``).
+    initial_conditions : dict, optional
+        ``.ic`` values: node -> volts.
+    nodes : set, optional
+        Every node name of the circuit.
+    nodesets : dict, optional
+        ``.nodeset`` values (Newton's first guess): node -> volts.
+    """
 
     title: str
     header: list = field(default_factory=list)
@@ -288,7 +345,31 @@ class Circuit:
 
 @dataclass
 class DeviceCircuit(Circuit):
-    """A :class:`Circuit` with ``.model`` cards: ``models[name] = (type, {param: value})``."""
+    """A :class:`Circuit` with ``.model`` cards.
+
+    Parameters
+    ----------
+    title : str
+        The title line.
+    header : list of str, optional
+        Comment lines after the title.
+    params : dict, optional
+        ``.param`` values: name -> float or expression.
+    sections : list of Section, optional
+        The elements, in sections.
+    options : dict, optional
+        ``.options`` values.
+    analysis : Analysis, optional
+        The analysis (default ``.op``).
+    initial_conditions : dict, optional
+        ``.ic`` values: node -> volts.
+    nodes : set, optional
+        Every node name of the circuit.
+    nodesets : dict, optional
+        ``.nodeset`` values (Newton's first guess): node -> volts.
+    models : dict, optional
+        ``models[name] = (type, {param: value})``.
+    """
 
     models: dict = field(default_factory=dict)
 

@@ -261,6 +261,13 @@ class Mismatch(Nonideality):
     ``"G"`` linear transconductors (the behavioural weights), ``"BI"`` behavioural
     nonlinear transconductors (their whole output current), ``"I"`` current sources (tail
     and bias currents) and ``"Q"`` transistor emitter areas (their saturation current).
+
+    Parameters
+    ----------
+    sigma : float, optional
+        Standard deviation of the log of the factor.
+    kinds : tuple of str, optional
+        The element kinds that vary (all five by default).
     """
 
     sigma: float = 0.0
@@ -312,6 +319,13 @@ class Quantization(Nonideality):
     takes the largest weight conductance in the circuit.  Weights that round to zero are
     removed.  Weights are the crossbar resistors (device dialect) or the weight VCCS
     (behavioural dialect); biases keep full precision.
+
+    Parameters
+    ----------
+    bits : int or None, optional
+        Number of bits (``None``: no quantization).
+    w_max : float or None, optional
+        The full scale in weight units.
     """
 
     bits: int | None = None
@@ -374,6 +388,13 @@ class AmplifierNonideal(Nonideality):
     An offset needs a finite gain for ngspice to resolve the output (``gain * 4 offset``
     below ``MAX_GAIN_TIMES_OFFSET`` = 1e4): with ``gain=None`` or ``inf`` an op-amp whose
     gain is larger than that allows gets ``OFFSET_OPAMP_GAIN`` (1e6) instead.
+
+    Parameters
+    ----------
+    gain : float or None, optional
+        Open-loop gain of every op-amp.
+    offset : float, optional
+        Standard deviation of the input offsets (volts).
     """
 
     gain: float | None = None
@@ -438,6 +459,15 @@ class ThermalNoise(Nonideality):
     ``analysis="tran"``.  ngspice 39 seeds its noise generator from the process id, so
     noisy runs are not reproducible bit for bit (the ``seed`` of the other
     non-idealities does not reach it).
+
+    Parameters
+    ----------
+    temperature : float, optional
+        Kelvin of the Johnson noise.
+    psd : float, optional
+        Extra voltage-noise density per resistor (V^2/Hz).
+    dt : float or None, optional
+        Sample interval of the noise sources (seconds).
     """
 
     temperature: float = 0.0
@@ -486,6 +516,11 @@ class WireResistance(Nonideality):
     Device dialect: a resistor in series with each crossbar resistor, between it and the
     summing node (a new node per weight).  Behavioural dialect: the weight VCCS ``gm``
     becomes ``gm / (1 + |gm| ohms)``, the conductance of the same series connection.
+
+    Parameters
+    ----------
+    ohms : float, optional
+        The series resistance.
     """
 
     ohms: float = 0.0
@@ -522,8 +557,22 @@ class WireResistance(Nonideality):
 
 
 def apply_nonidealities(circuit: Circuit, nonidealities, rng) -> Circuit:
-    """Apply non-idealities in order; returns a new circuit (or ``circuit`` itself when all
-    of them are of size zero)."""
+    """Apply non-idealities to a circuit, in order.
+
+    Parameters
+    ----------
+    circuit : Circuit
+        The circuit (not modified).
+    nonidealities : sequence
+        Non-idealities (:class:`Mismatch`, :class:`Quantization`, ...).
+    rng : numpy.random.Generator
+        Where the random draws come from.
+
+    Returns
+    -------
+    Circuit
+        A new circuit, or ``circuit`` itself when all of them are of size zero.
+    """
     for ni in check_nonidealities(nonidealities):
         circuit = ni.apply(circuit, rng)
     return circuit
@@ -564,10 +613,23 @@ _check_list = check_nonidealities  # the old private name
 
 def perturbed_netlist(netlist, nonidealities, seed=None):
     """A copy of a compiled netlist with non-idealities applied to its circuit IR and the
-    text written again (:class:`~dyadsim.circuits.Netlist`, same node maps).
+    text written again.
 
-    ``seed``: anything ``numpy.random.default_rng`` takes (an int, a sequence of ints, a
-    ``SeedSequence``) or a ``Generator``; the same seed gives the same perturbed netlist.
+    Parameters
+    ----------
+    netlist : Netlist
+        A compiled netlist (:func:`~dyadsim.compile_netlist` or
+        :func:`~dyadsim.circuits.compile_device_netlist`).
+    nonidealities : sequence
+        Non-idealities (:class:`Mismatch`, :class:`Quantization`, ...), applied in order.
+    seed : optional
+        Anything ``numpy.random.default_rng`` takes (an int, a sequence of ints, a
+        ``SeedSequence``) or a ``Generator``; the same seed gives the same perturbed netlist.
+
+    Returns
+    -------
+    Netlist
+        The perturbed copy, with the same node maps.
     """
     items = check_nonidealities(nonidealities)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)

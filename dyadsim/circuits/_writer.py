@@ -49,6 +49,11 @@ class Netlister:
     """Walks a :class:`Circuit` and writes it to a text stream.
 
     Subclasses override ``format_*`` hooks for their dialect; ``write_*`` methods write.
+
+    Parameters
+    ----------
+    stream : text stream, optional
+        Where to write (default: a new ``io.StringIO``).
     """
 
     comment_prefix = "*"
@@ -159,7 +164,13 @@ class Netlister:
 
 
 class NgspiceNetlister(Netlister):
-    """The ngspice dialect (B sources, ``.options``, ``.ic``, ``.op``/``.tran``)."""
+    """The ngspice dialect (B sources, ``.options``, ``.ic``, ``.op``/``.tran``).
+
+    Parameters
+    ----------
+    stream : text stream, optional
+        Where to write (default: a new ``io.StringIO``).
+    """
 
     _functions = {"tanh": "tanh", "exp": "exp", "ln": "ln", "abs": "abs", "sqrt": "sqrt",
                   "step": "u", "ramp": "uramp", "max": "max", "min": "min"}
@@ -215,7 +226,13 @@ class NgspiceNetlister(Netlister):
 class DeviceNetlister(NgspiceNetlister):
     """ngspice writer for circuits that may hold transistors, ``.model`` cards and
     transient noise sources.  On a plain behavioural :class:`~._ir.Circuit` it writes
-    exactly what :class:`NgspiceNetlister` writes."""
+    exactly what :class:`NgspiceNetlister` writes.
+
+    Parameters
+    ----------
+    stream : text stream, optional
+        Where to write (default: a new ``io.StringIO``).
+    """
 
     def write_params(self, circuit):
         super().write_params(circuit)

@@ -299,9 +299,23 @@ def digits(seed: int = 0, test_size: float = 0.25, one_hot: bool = True, dtype=n
     """scikit-learn's 8x8 handwritten digits (1797 samples, 64 features, 10 classes).
 
     Bundled with scikit-learn, so no download. Pixel values 0..16 are scaled to [0, 1].
-    The train/test split is stratified by class and fixed by ``seed``
-    (``sklearn.model_selection.train_test_split``); ``test_size`` is a fraction in
-    (0, 1) or a sample count.
+    The split is ``sklearn.model_selection.train_test_split``.
+
+    Parameters
+    ----------
+    seed : int, optional
+        Seed of the stratified train/test split.
+    test_size : float or int, optional
+        A fraction in (0, 1) or a sample count.
+    one_hot : bool, optional
+        One-hot float targets ``y_*`` (default) or int64 labels.
+    dtype : numpy float dtype, optional
+        The dtype of the inputs (and of one-hot targets).
+
+    Returns
+    -------
+    Dataset
+        The train and test splits.
     """
     from sklearn.datasets import load_digits
 
@@ -400,8 +414,25 @@ def mnist(path: str | os.PathLike, one_hot: bool = True, dtype=np.float64) -> Da
     flattened to ``(N, rows*cols)`` and scaled to [0, 1]; the split is the official one
     (60000 / 10000 for the real data).
 
-    Raises :class:`~dyadsim.errors.DyadsimError` naming the file if the folder or a file
-    is missing, a file is malformed, or image and label counts disagree.
+    Parameters
+    ----------
+    path : str or path-like
+        The folder holding the four IDX files.
+    one_hot : bool, optional
+        One-hot float targets ``y_*`` (default) or int64 labels.
+    dtype : numpy float dtype, optional
+        The dtype of the inputs (and of one-hot targets).
+
+    Returns
+    -------
+    Dataset
+        The official train and test splits.
+
+    Raises
+    ------
+    DyadsimError
+        Naming the file, if the folder or a file is missing, a file is malformed, or
+        image and label counts disagree.
     """
     return _load_idx_folder(path, "mnist", one_hot, dtype)
 
@@ -410,6 +441,20 @@ def fashion_mnist(path: str | os.PathLike, one_hot: bool = True, dtype=np.float6
     """Fashion-MNIST from a folder holding the four standard IDX files (plain or ``.gz``).
 
     Same file names, format, scaling and errors as :func:`mnist`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The folder holding the four IDX files.
+    one_hot : bool, optional
+        One-hot float targets ``y_*`` (default) or int64 labels.
+    dtype : numpy float dtype, optional
+        The dtype of the inputs (and of one-hot targets).
+
+    Returns
+    -------
+    Dataset
+        The official train and test splits.
     """
     return _load_idx_folder(path, "fashion_mnist", one_hot, dtype)
 
@@ -435,7 +480,27 @@ def xor(
     bits, i.e. ``1`` where ``x1 * x2 < 0`` (opposite quadrants) and ``0`` where
     ``x1 * x2 > 0``. Gaussian noise of standard deviation ``noise`` is then added to the
     inputs (labels stay those of the clean points, so with noise some points sit across
-    an axis). The stratified train/test split is fixed by ``seed``.
+    an axis).
+
+    Parameters
+    ----------
+    n : int, optional
+        Number of points, train and test together.
+    noise : float, optional
+        Standard deviation of the input noise.
+    seed : int, optional
+        Seed of the points and of the stratified train/test split.
+    test_size : float or int, optional
+        A fraction in (0, 1) or a sample count.
+    one_hot : bool, optional
+        One-hot float targets ``y_*`` (default) or int64 labels.
+    dtype : numpy float dtype, optional
+        The dtype of the inputs (and of one-hot targets).
+
+    Returns
+    -------
+    Dataset
+        The train and test splits.
     """
     n = _check_int("n", n, minimum=4)
     noise = _check_noise(noise)
@@ -462,8 +527,27 @@ def moons(
     dtype=np.float64,
 ) -> Dataset:
     """Two interleaving half-moons (``sklearn.datasets.make_moons``): ``n`` points
-    (train + test), 2 features, 2 classes, Gaussian ``noise``; the generation and the
-    stratified train/test split are fixed by ``seed``.
+    (train + test), 2 features, 2 classes.
+
+    Parameters
+    ----------
+    n : int, optional
+        Number of points, train and test together.
+    noise : float, optional
+        Standard deviation of the Gaussian noise.
+    seed : int, optional
+        Seed of the generation and of the stratified train/test split.
+    test_size : float or int, optional
+        A fraction in (0, 1) or a sample count.
+    one_hot : bool, optional
+        One-hot float targets ``y_*`` (default) or int64 labels.
+    dtype : numpy float dtype, optional
+        The dtype of the inputs (and of one-hot targets).
+
+    Returns
+    -------
+    Dataset
+        The train and test splits.
     """
     from sklearn.datasets import make_moons
 
@@ -491,12 +575,25 @@ DATASET_NAMES: tuple[str, ...] = tuple(_LOADERS)
 
 
 def load(name: str, **kw) -> Dataset:
-    """Load a data set by name, passing ``kw`` to its loader.
+    """Load a data set by name.
 
-    ``name`` is one of ``"digits"``, ``"mnist"``, ``"fashion_mnist"``, ``"xor"``,
-    ``"moons"`` (case-insensitive; ``-`` is read as ``_``). For ``"mnist"`` and
-    ``"fashion_mnist"`` pass ``path=``. An unknown name, an unknown keyword or a missing
-    required keyword raises :class:`~dyadsim.errors.DyadsimError`.
+    Parameters
+    ----------
+    name : str
+        One of ``"digits"``, ``"mnist"``, ``"fashion_mnist"``, ``"xor"``, ``"moons"``
+        (case-insensitive; ``-`` is read as ``_``).
+    **kwargs
+        The loader's keywords; ``"mnist"`` and ``"fashion_mnist"`` need ``path=``.
+
+    Returns
+    -------
+    Dataset
+        What the loader returns.
+
+    Raises
+    ------
+    DyadsimError
+        On an unknown name, an unknown keyword or a missing required keyword.
     """
     if not isinstance(name, str):
         raise DyadsimError(

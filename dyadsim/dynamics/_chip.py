@@ -125,9 +125,9 @@ def _check_config(options: dict) -> dict:
 
 class Chip:
     """One sampled physical realization of a network (see the module docstring for the
-    model).  Make one with :meth:`Chip.sample`.
+    model).  Make one with :meth:`Chip.sample`; the constructor is internal.
 
-    Attributes
+    Parameters
     ----------
     net : Network
         The network the chip is programmed with (its *current* parameters are used).
@@ -135,6 +135,17 @@ class Chip:
         The options it was sampled with (:data:`CHIP_OPTIONS`).
     seed : SeedSequence
         Where its draws come from.
+    draws : dict
+        The random draws themselves (internal).
+
+    Attributes
+    ----------
+    net : Network
+        As given.
+    config : dict
+        As given.
+    seed : SeedSequence
+        As given.
     """
 
     def __init__(self, net, config, seed, draws):

@@ -437,7 +437,7 @@ def relax_chips(chips, x, y, *, method="steady", eta=1.0, steps=None, dtype=np.f
         the noise-free convergence horizon ``ceil(2L / h_min)`` plus the geometric tail to
         1e-12 (h = eta / tau_j; every h must be below 2).
     dtype : float64 or float32
-    tol : float or None
+    tol, max_steps : float or None, int
         Convergence tolerance on the relative update per layer (default 1e-12 in float64,
         float32's eps); ``max_steps`` bounds the Euler run.
     seed : int or None

@@ -10,8 +10,18 @@ __all__ = ["Gradients"]
 class Gradients(dict):
     """``{("W", src, dst): dC/dW, ("b", node): dC/db}``, shaped like the parameters.
 
-    A plain ``dict`` with a few conveniences.  ``loss`` is the batch loss where the method
-    that produced the gradients knows it (``None`` otherwise); ``method`` names that method.
+    A plain ``dict`` with a few conveniences.
+
+    Parameters
+    ----------
+    *args
+        What ``dict`` takes (a mapping or an iterable of key-value pairs).
+    loss : float or None, optional
+        The batch loss where the method that produced the gradients knows it.
+    method : str or None, optional
+        Names that method.
+    **kwargs
+        More items, as for ``dict``.
     """
 
     def __init__(self, *args, loss=None, method=None, **kw):

@@ -30,6 +30,11 @@ class Method:
     in ``__init__`` (validated there, once) and implements :meth:`run`.  Calling the object
     times the run and fills ``info["wall_s"]``.
 
+    Parameters
+    ----------
+    **options
+        The method's options (what its subclass documents).
+
     Attributes
     ----------
     name : str

@@ -22,6 +22,17 @@ class System:
     Inputs, targets and weights that overflow the dtype raise a
     :class:`~dyadsim.errors.ConvergenceError` here.  ``beta`` (the drive, W_in x0 + b) is
     computed on first use: the wavefront schedule never needs it.
+
+    Parameters
+    ----------
+    net : Network
+        The network.
+    x : array_like, shape (n_in,) or (B, n_in)
+        The input batch (x0).
+    y : array_like, shape (n_out,) or (B, n_out), optional
+        The target batch; ``None`` for the forward pass only.
+    dtype : numpy float dtype, optional
+        ``float64`` (default) or ``float32``.
     """
 
     def __init__(self, net, x, y=None, dtype=np.float64):

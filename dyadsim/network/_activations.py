@@ -15,7 +15,15 @@ __all__ = ["Activation", "ACTIVATIONS", "EXTRA_ACTIVATIONS", "get_activation"]
 
 @dataclass(frozen=True)
 class Activation:
-    """sigma, sigma' and sigma'' of one nonlinearity (vectorised numpy functions)."""
+    """sigma, sigma' and sigma'' of one nonlinearity (vectorised numpy functions).
+
+    Parameters
+    ----------
+    name : str
+        Its name (``"tanh"``, ...).
+    f, df, d2f : callable
+        sigma, its first and its second derivative.
+    """
 
     name: str
     f: Callable[[np.ndarray], np.ndarray]

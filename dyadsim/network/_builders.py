@@ -20,7 +20,18 @@ MAX_PARAMS = 500_000_000
 
 
 def parse_sizes(sizes) -> list[int]:
-    """``"784-128-10"`` or ``[784, 128, 10]`` -> ``[784, 128, 10]`` (validated)."""
+    """``"784-128-10"`` or ``[784, 128, 10]`` -> ``[784, 128, 10]`` (validated).
+
+    Parameters
+    ----------
+    sizes : str or sequence of int
+        Layer sizes, as a dash-separated string (``"784-256x8-10"`` repeats) or a list.
+
+    Returns
+    -------
+    list of int
+        The layer sizes.
+    """
     if isinstance(sizes, str):
         parts = sizes.replace("x", "*").split("-")
         out = []
@@ -60,16 +71,28 @@ def mlp(sizes, activation="tanh", output_activation=None, loss="mse", seed=0,
         bias_scale=0.1) -> Network:
     """A fully connected feedforward network.
 
+    Layer nodes are named ``"input"``, ``"h1"`` ... ``"h{L-1}"``, ``"output"``.
+
     Parameters
     ----------
-    sizes : ``[n0, n1, ..., nL]`` or a string ``"784-128-10"`` (``"784-256x8-10"`` repeats).
-    activation : hidden activation (tanh, sigmoid, relu, softplus, identity).
-    output_activation : activation of the output layer.  ``None`` means ``"identity"`` for
-        ``loss="xent"`` (the softmax lives in the loss) and ``activation`` otherwise.
-    loss : ``"mse"`` or ``"xent"``.
-    seed : weights are ``N(0, gain^2/fan_in)``, biases ``N(0, bias_scale^2)``, from this seed.
+    sizes : list of int or str
+        ``[n0, n1, ..., nL]`` or a string ``"784-128-10"`` (``"784-256x8-10"`` repeats).
+    activation : str, optional
+        Hidden activation (tanh, sigmoid, relu, softplus, identity).
+    output_activation : str or None, optional
+        Activation of the output layer.  ``None`` means ``"identity"`` for ``loss="xent"``
+        (the softmax lives in the loss) and ``activation`` otherwise.
+    loss : str, optional
+        ``"mse"`` or ``"xent"``.
+    seed : int, optional
+        Weights are ``N(0, gain^2/fan_in)``, biases ``N(0, bias_scale^2)``, from this seed.
+    bias_scale : float, optional
+        Standard deviation of the initial biases.
 
-    Layer nodes are named ``"input"``, ``"h1"`` ... ``"h{L-1}"``, ``"output"``.
+    Returns
+    -------
+    Network
+        The new network.
     """
     sizes = parse_sizes(sizes)
     seed = check_int("seed", seed, 0)
@@ -106,8 +129,30 @@ def random_dag(n_hidden=3, sizes=(1, 5), n_in=None, n_out=None, skip_prob=0.4,
 
     Every hidden node lies on the input->output chain (so there is one source and one sink)
     and every forward pair (i, j>i+1) gets a skip edge with probability ``skip_prob``.
-    Sizes are drawn from ``[sizes[0], sizes[1]]``; activations are drawn from
-    ``activations`` (all five by default), the output's included.
+
+    Parameters
+    ----------
+    n_hidden : int, optional
+        Number of hidden layer nodes.
+    sizes : (int, int), optional
+        Layer sizes are drawn from ``[sizes[0], sizes[1]]``.
+    n_in, n_out : int or None, optional
+        Sizes of the input and output layers (``None``: drawn like the others).
+    skip_prob : float, optional
+        Probability of each skip edge.
+    activations : str or sequence of str or None, optional
+        Activations are drawn from these (all five by default), the output's included.
+    loss : str, optional
+        ``"mse"`` or ``"xent"``.
+    seed : int, optional
+        Seed of the structure and the parameters.
+    weight_scale : float, optional
+        Scale of the initial weights.
+
+    Returns
+    -------
+    Network
+        The new network.
     """
     rng = np.random.default_rng(seed)
     if activations is None:

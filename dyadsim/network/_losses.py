@@ -17,8 +17,18 @@ __all__ = ["Loss", "LOSSES", "EXTRA_LOSSES", "get_loss"]
 class Loss:
     """A per-sample cost.  All functions take (B, n_out) arrays.
 
-    ``value(a, y)`` -> (B,) per-sample costs; ``grad(a, y)`` -> (B, n_out) dC/da;
-    ``hess(a, y)`` -> (B, n_out, n_out) d2C/da2.  The batch loss is the mean of ``value``.
+    The batch loss is the mean of ``value``.
+
+    Parameters
+    ----------
+    name : str
+        ``"mse"`` or ``"xent"``.
+    value : callable
+        ``value(a, y)`` -> (B,) per-sample costs.
+    grad : callable
+        ``grad(a, y)`` -> (B, n_out) dC/da.
+    hess : callable
+        ``hess(a, y)`` -> (B, n_out, n_out) d2C/da2.
     """
 
     name: str
@@ -87,7 +97,18 @@ EXTRA_LOSSES: dict[str, Loss] = {
 
 
 def get_loss(name) -> Loss:
-    """Look up a loss by name; unknown names raise a DyadsimError listing the valid ones."""
+    """Look up a loss by name.
+
+    Parameters
+    ----------
+    name : str
+        ``"mse"`` or ``"xent"``.
+
+    Returns
+    -------
+    Loss
+        The loss; unknown names raise a DyadsimError listing the valid ones.
+    """
     if isinstance(name, Loss):
         return name
     key = str(name).lower()

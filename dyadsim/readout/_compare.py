@@ -19,7 +19,17 @@ def angle(a, b) -> float:
     """The angle between two vectors in radians, accurate down to ~1e-16 rad.
 
     Uses ``2*atan2(|a^ - b^|, |a^ + b^|)`` on the unit vectors (arccos of the cosine loses
-    every digit below ~1e-8 rad).  Zero vectors: 0 if both are zero, pi/2 otherwise.
+    every digit below ~1e-8 rad).
+
+    Parameters
+    ----------
+    a, b : array_like
+        The vectors (flattened).
+
+    Returns
+    -------
+    float
+        The angle; zero vectors: 0 if both are zero, pi/2 otherwise.
     """
     a = _unit_scale(np.ravel(np.asarray(a, dtype=np.float64)))
     b = _unit_scale(np.ravel(np.asarray(b, dtype=np.float64)))
@@ -42,7 +52,23 @@ def _log10(x: float) -> float:
 
 @dataclass(frozen=True)
 class TensorMetrics:
-    """Metrics of one parameter tensor (or of all of them, for the summary)."""
+    """Metrics of one parameter tensor (or of all of them, for the summary).
+
+    Parameters
+    ----------
+    name : str
+        The tensor's name (``"W[src->dst]"``, ``"b[node]"``, ``"(all parameters)"``).
+    size : int
+        Number of entries.
+    rel_error : float
+        ``|g - g_ref| / |g_ref|``.
+    norm_ratio : float
+        ``|g| / |g_ref|``.
+    angle : float
+        Angle between ``g`` and ``g_ref`` in radians (:func:`angle`).
+    log10_angle : float
+        Its base-10 logarithm.
+    """
 
     name: str
     size: int

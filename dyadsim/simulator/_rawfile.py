@@ -72,7 +72,19 @@ class RawFileError(SimulatorError):
 
 @dataclass(frozen=True)
 class RawVariable:
-    """One vector of a plot: its column ``index``, ngspice's ``name`` and ``type``."""
+    """One vector of a plot: its column ``index``, ngspice's ``name`` and ``type``.
+
+    Parameters
+    ----------
+    index : int
+        Its column.
+    name : str
+        ngspice's name of the vector.
+    type : str
+        ngspice's type (``voltage``, ``current``, ``time``).
+    params : tuple of str, optional
+        Further fields of its header line.
+    """
 
     index: int
     name: str
@@ -87,6 +99,17 @@ class RawPlot:
     ``columns[i]`` holds the values of ``variables[i]`` over all points (float64, or
     complex128 when ``flags`` says complex).  Look a vector up by name with ``plot[name]``
     (case-insensitive).
+
+    Parameters
+    ----------
+    title, date, plotname, flags : str
+        The header fields of the plot.
+    variables : tuple of RawVariable
+        Its vectors.
+    columns : tuple of ndarray
+        Their values.
+    header : dict, optional
+        Every header field, by name.
     """
 
     title: str
@@ -139,8 +162,20 @@ _HEADER_LINE = re.compile(rb"([^:\r\n]+):[ \t]*([^\r\n]*)\r?\n")
 def parse_raw(data: bytes) -> list[RawPlot]:
     """Parse the bytes of an ngspice raw file (binary or ASCII) into its plots, in order.
 
-    Raises :class:`RawFileError` (a :class:`~dyadsim.errors.SimulatorError` with reason
-    ``"failed"``) on a malformed file or on a plot with ``No. Points: 0``.
+    Parameters
+    ----------
+    data : bytes
+        The file's contents.
+
+    Returns
+    -------
+    list of RawPlot
+
+    Raises
+    ------
+    RawFileError
+        (a :class:`~dyadsim.errors.SimulatorError` with reason ``"failed"``) on a malformed
+        file or on a plot with ``No. Points: 0``.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"parse_raw() takes bytes, not {type(data).__name__}")

@@ -157,6 +157,21 @@ class OperatingPoint(_Vectors):
     ``op.i("v1")`` and ``op["i(v1)"]`` give the current through a voltage source
     (ngspice's sign: positive flowing into the source's + terminal).  ``saved`` names the
     nodes ngspice was asked to keep (``simulate(save=...)``; None: everything).
+
+    Parameters
+    ----------
+    voltages : dict
+        Node name (lowercase) -> volts.
+    currents : dict
+        Voltage source name (lowercase) -> amperes.
+    netlist_path : str or None, optional
+        Where the netlist was written, if anywhere.
+    backend : str, optional
+        The backend that ran it (``"subprocess"``, ``"shared"``).
+    log : str, optional
+        ngspice's output.
+    saved : tuple or None, optional
+        The nodes ngspice was asked to keep.
     """
 
     voltages: dict[str, float]
@@ -174,6 +189,23 @@ class Transient(_Vectors):
     Arrays are read-only.  ``tr.v("out")`` gives a waveform; ``tr["time"]`` the time axis;
     ``tr.final()`` gives an :class:`OperatingPoint` of the values at the last time point.
     ``saved`` names the nodes ngspice was asked to keep (None: everything).
+
+    Parameters
+    ----------
+    time : ndarray
+        The time points (seconds).
+    voltages : dict
+        Node name (lowercase) -> waveform.
+    currents : dict
+        Voltage source name (lowercase) -> current waveform.
+    netlist_path : str or None, optional
+        Where the netlist was written, if anywhere.
+    backend : str, optional
+        The backend that ran it (``"subprocess"``, ``"shared"``).
+    log : str, optional
+        ngspice's output.
+    saved : tuple or None, optional
+        The nodes ngspice was asked to keep.
     """
 
     time: np.ndarray

@@ -67,8 +67,16 @@ _CARD_WORD = re.compile(r"\.[a-z0-9_]*", re.IGNORECASE)
 class UnsafeNetlistError(DyadsimError):
     """A netlist line that could run commands or read or write files, refused.
 
-    Attributes: ``line_number`` (1-based), ``line`` (its text), ``file`` (the file it is
-    in: the netlist's own or an included one; None for netlist text).
+    Parameters
+    ----------
+    message : str
+        Why it is refused.
+    line_number : int
+        The line's number (1-based).
+    line : str
+        Its text.
+    file : str or None, optional
+        The file it is in: the netlist's own or an included one; None for netlist text.
     """
 
     def __init__(self, message: str, *, line_number: int, line: str, file: Optional[str] = None):

@@ -196,7 +196,12 @@ def get_engine():
 
 
 def shared_available() -> bool:
-    """Whether the shared-library backend can run (PySpice loads libngspice)."""
+    """Whether the shared-library backend can run (PySpice loads libngspice).
+
+    Returns
+    -------
+    bool
+    """
     try:
         engine = get_engine()
     except Exception:

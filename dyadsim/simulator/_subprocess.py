@@ -38,11 +38,19 @@ _INTERP_OPTION = re.compile(r"^[ \t]*\.opt\w*\b[^\n]*\binterp\b", re.IGNORECASE 
 
 
 def find_ngspice() -> str:
-    """Return the path of the ngspice executable.
+    """The path of the ngspice executable.
 
     ``$DYADSIM_NGSPICE`` names it explicitly; otherwise ``ngspice`` is looked up on PATH.
-    Raises :class:`~dyadsim.errors.SimulatorError` with reason ``"not-installed"`` if there
-    is none.
+
+    Returns
+    -------
+    str
+        The path.
+
+    Raises
+    ------
+    SimulatorError
+        With reason ``"not-installed"`` if there is none.
     """
     explicit = os.environ.get(NGSPICE_ENV)
     if explicit:

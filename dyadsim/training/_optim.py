@@ -29,7 +29,15 @@ def _check_real(name, value, *, low=None, high=None, low_open=False, high_open=F
 
 
 class Optimizer:
-    """Base class: ``step(params, grads)`` updates ``params`` (a dict of arrays) in place."""
+    """Base class: ``step(params, grads)`` updates ``params`` (a dict of arrays) in place.
+
+    Parameters
+    ----------
+    lr : float or None, optional
+        Learning rate (``None``: the subclass's ``default_lr``).
+    weight_decay : float, optional
+        L2 penalty added to the gradient.
+    """
 
     name = "optimizer"
     default_lr = 0.01
@@ -71,7 +79,19 @@ class Optimizer:
 
 class SGD(Optimizer):
     """``v = momentum*v + g``, ``p -= lr*v`` (plain SGD for ``momentum=0``;
-    ``nesterov=True`` uses ``p -= lr*(g + momentum*v)``)."""
+    ``nesterov=True`` uses ``p -= lr*(g + momentum*v)``).
+
+    Parameters
+    ----------
+    lr : float or None, optional
+        Learning rate (default 0.05).
+    momentum : float, optional
+        In [0, 1).
+    nesterov : bool, optional
+        Nesterov momentum.
+    weight_decay : float, optional
+        L2 penalty added to the gradient.
+    """
 
     name = "sgd"
     default_lr = 0.05
@@ -103,7 +123,19 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with bias correction; ``weight_decay`` is L2 added to the gradient."""
+    """Adam (Kingma & Ba) with bias correction.
+
+    Parameters
+    ----------
+    lr : float or None, optional
+        Learning rate (default 1e-3).
+    beta1, beta2 : float, optional
+        Decay rates of the first and second moment estimates, in [0, 1).
+    eps : float, optional
+        Added to the denominator.
+    weight_decay : float, optional
+        L2 penalty added to the gradient.
+    """
 
     name = "adam"
     default_lr = 1e-3
@@ -138,10 +170,21 @@ OPTIMIZERS = {"sgd": SGD, "adam": Adam}
 
 
 def make_optimizer(optimizer="sgd", lr=None, **options) -> Optimizer:
-    """An optimizer from a name (``"sgd"``, ``"adam"``) or an :class:`Optimizer` instance.
+    """An optimizer from a name or an instance.
 
-    ``lr=None`` uses the optimizer's default (SGD 0.05, Adam 1e-3); ``options`` go to its
-    constructor (``momentum``, ``nesterov``, ``beta1``, ``beta2``, ``eps``, ``weight_decay``).
+    Parameters
+    ----------
+    optimizer : str or Optimizer, optional
+        ``"sgd"``, ``"adam"`` or an :class:`Optimizer` instance.
+    lr : float or None, optional
+        ``None`` uses the optimizer's default (SGD 0.05, Adam 1e-3).
+    **options
+        Go to its constructor (``momentum``, ``nesterov``, ``beta1``, ``beta2``, ``eps``,
+        ``weight_decay``).
+
+    Returns
+    -------
+    Optimizer
     """
     if isinstance(optimizer, Optimizer):
         if options:

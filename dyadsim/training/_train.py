@@ -34,9 +34,18 @@ class TrainingDiverged(ConvergenceError):
     """Training produced a non-finite loss or gradient.
 
     The network has been restored to its last good parameters (the end of the last
-    finished epoch, or the initial ones); ``epoch`` and ``batch`` (1-based) say where it
-    happened, ``checkpoint`` is the last good checkpoint file (or ``None`` without a
-    ``checkpoint_dir``), ``history`` holds the epochs that did finish.
+    finished epoch, or the initial ones).
+
+    Parameters
+    ----------
+    message : str
+        What diverged.
+    epoch, batch : int
+        Where it happened (1-based).
+    checkpoint : str or None, optional
+        The last good checkpoint file (``None`` without a ``checkpoint_dir``).
+    history : History or None, optional
+        The epochs that did finish.
     """
 
     def __init__(self, message, *, epoch, batch, checkpoint=None, history=None):
@@ -192,9 +201,26 @@ def gradient_source(method="backprop", eta=1.0, dtype=np.float64, relax_options=
                     spice_options=None):
     """A function ``(net, x, y) -> (Gradients, loss, effort)`` for one method.
 
-    ``effort`` is the Euler step count (``"euler"``), the settling time in units of tau
-    (``"ode"``, and ``"spice"`` with a transient analysis) or ``None``.  Arguments are
-    validated here, once (see :func:`resolve_method`).
+    Arguments are validated here, once (see :func:`resolve_method`, which takes the
+    same arguments).
+
+    Parameters
+    ----------
+    method : str, Method class or Method, optional
+        A name of :data:`dyadsim.METHODS` or a method.
+    eta : float, optional
+        Euler step (``"euler"``).
+    dtype : numpy float dtype, optional
+        ``float64`` or ``float32``.
+    relax_options, spice_options : dict or None, optional
+        Options of a relaxation or ngspice method given by name.
+
+    Returns
+    -------
+    callable
+        ``fn(net, x, y)``; ``effort`` is the Euler step count (``"euler"``), the settling
+        time in units of tau (``"ode"``, and ``"spice"`` with a transient analysis) or
+        ``None``.
     """
     m = resolve_method(method, eta, dtype, relax_options, spice_options)
 
@@ -207,8 +233,23 @@ def gradient_source(method="backprop", eta=1.0, dtype=np.float64, relax_options=
 
 # ---------------------------------------------------------------------- evaluation
 def evaluate(net, x, labels, y=None) -> tuple[float, float]:
-    """``(mean loss, accuracy)`` of ``net`` on inputs ``x`` with integer ``labels``
-    (float64 forward pass; accuracy = argmax of the output == label)."""
+    """Mean loss and accuracy of ``net`` (float64 forward pass).
+
+    Parameters
+    ----------
+    net : Network
+        The network.
+    x : array_like, shape (N, n_in)
+        Inputs.
+    labels : array_like of int, shape (N,)
+        Class labels; accuracy is the fraction with argmax of the output == label.
+    y : array_like, shape (N, n_out), optional
+        Targets of the loss (default: one-hot ``labels``).
+
+    Returns
+    -------
+    loss, accuracy : float
+    """
     labels = np.asarray(labels)
     out = net.predict(x)
     if y is None:
