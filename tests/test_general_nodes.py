@@ -177,8 +177,10 @@ def test_engines_without_support_name_the_node(tmp_path):
         dyadsim.relax_continuous(net, X, Y, method="Radau")
     with pytest.raises(DyadsimError, match="'pool'"):
         dyadsim.flow_jacobian(net, np.zeros(net.n), np.zeros(net.n), X[0], Y[0])
-    with pytest.raises(DyadsimError, match="compile_netlist: node 'pool' is a maxpool2d node"):
-        dyadsim.compile_netlist(net, X, Y)
+    with pytest.raises(DyadsimError, match="compile_netlist: layer 'res' has activation 'gelu'"):
+        dyadsim.compile_netlist(net, X, Y)  # max pooling has a circuit; gelu has none
+    with pytest.raises(DyadsimError, match="compile_device_netlist: node 'pool' is a maxpool2d node"):
+        dyadsim.circuits.compile_device_netlist(net.copy(), X, Y)
     with pytest.raises(DyadsimError, match="save: node 'pool' is a maxpool2d node"):
         net.save(tmp_path / "n.npz")
     with pytest.raises(DyadsimError, match="'pool'"):

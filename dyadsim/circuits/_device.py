@@ -50,7 +50,7 @@ from ._ir import (  # noqa: F401  (the names this module had before _ir held the
 from ._gains import gain_param, stage_gains
 from ._setup import (
     DEFAULT_OPTIONS, Netlist, add_references, add_sources, check_analysis, describe_network,
-    finish, set_analysis, start,
+    check_nodes, finish, set_analysis, start,
 )
 from ._transforms import add_opamp_offsets, copy_circuit  # noqa: F401
 from ._writer import DeviceNetlister, format_number, write_circuit  # noqa: F401
@@ -247,6 +247,7 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
     temp = _check_number("temp", temp)
     if not -200.0 < temp < 500.0:
         raise DyadsimError(f"temp must be a temperature in Celsius within (-200, 500), got {temp!r}")
+    check_nodes(net, "compile_device_netlist")
     if net.loss.name != "mse":
         raise DyadsimError(
             f"the device dialect supports the mse loss only (got {net.loss.name!r}); "
@@ -257,7 +258,7 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
             raise DyadsimError(
                 f"layer {v!r} has activation {act!r}: the device dialect builds "
                 f"{' and '.join(DEVICE_ACTIVATIONS)} neurons only; use the behavioural compile_netlist")
-    fr = start(net, x, y, t0)
+    fr = start(net, x, y, t0, what="compile_device_netlist")
     gains = stage_gains(net, fr.X, fr.Y, gain)
     X, Y, B, L, ids, nm = fr.X, fr.Y, fr.B, net.depth, fr.ids, fr.nm
     node_map, aux_map, in_nodes, tgt_nodes = fr.node_map, fr.aux_map, fr.in_nodes, fr.tgt_nodes

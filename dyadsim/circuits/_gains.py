@@ -100,7 +100,7 @@ def reference_error_extents(net, X, Y) -> dict:
         delta, out = {}, {}
         for v in reversed(net.nodes):
             d = error_signal(net, v, delta, weights, a[net.output], Y)
-            delta[v] = slope[v] * d
+            delta[v] = net.node_delta(v, slope[v], d)  # a general node: its pullback
             out[v] = float(np.max(np.abs(d))) if d.size else 0.0
     return {v: out[v] for v in net.nodes}
 

@@ -287,20 +287,58 @@ class Frame:
         return node_name(kind, self.ids[v], i, b, self.B)
 
 
-def start(net, x, y, t0) -> Frame:
-    """Check the batch against the network and name its layers."""
-    for v in net.general_nodes:
-        raise DyadsimError(
-            f"compile_netlist: node {v!r} is a {net.node_ops[v].kind} node, which has no circuit yet "
-            "(circuits exist for layers that sum linear edges and apply tanh, sigmoid, relu, "
-            "softplus or identity)")
-    for (p, v), op in net.edge_ops.items():
-        if op.kind == "batchnorm":
-            raise DyadsimError(
-                f"compile_netlist: edge {p!r} -> {v!r} is a batchnorm edge (affine: its offset "
-                "-gamma mean / sqrt(var + eps) has no circuit yet)")
+def start(net, x, y, t0, *, what="compile_netlist", node_ops=(), affine=False) -> Frame:
+    """Check the batch against the network and name its layers.
+
+    Parameters
+    ----------
+    net : Network
+    x, y : array_like
+        The batch.
+    t0 : float
+        The compilation's start time (``time.perf_counter()``).
+    what : str
+        The compiler, for error messages.
+    node_ops, affine :
+        As in :func:`check_nodes`.
+
+    Returns
+    -------
+    Frame
+    """
+    check_nodes(net, what, node_ops, affine)
     X, Y, _ = net.check_xy(x, y)
     return Frame(net, X, Y, layer_identifiers(net), t0)
+
+
+def check_nodes(net, what="compile_netlist", node_ops=(), affine=False) -> None:
+    """Refuse, naming it, a general node without a circuit in a dialect (and an affine
+    batchnorm edge in a dialect that cannot build one).
+
+    Parameters
+    ----------
+    net : Network
+    what : str
+        The compiler, for error messages.
+    node_ops : tuple of str
+        The general node ops the dialect builds.
+    affine : bool
+        Whether the dialect builds affine (batchnorm) edges.
+    """
+    for v in net.general_nodes:
+        if net.node_ops[v].kind not in node_ops:
+            raise DyadsimError(
+                f"{what}: node {v!r} is a {net.node_ops[v].kind} node, which has no circuit in this "
+                "dialect (circuits exist for layers that sum linear edges and apply tanh, sigmoid, "
+                "relu, softplus or identity" + (", and for " + ", ".join(node_ops) + " nodes)"
+                                                 if node_ops else ")"))
+    if not affine:
+        for (p, v), op in net.edge_ops.items():
+            if op.kind == "batchnorm":
+                raise DyadsimError(
+                    f"{what}: edge {p!r} -> {v!r} is a batchnorm edge (affine: its offset "
+                    "-gamma mean / sqrt(var + eps) has no circuit in this dialect; the behavioural "
+                    "compile_netlist builds it)")
 
 
 def add_references(c: Circuit, staged_ids=()) -> None:

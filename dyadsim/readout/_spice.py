@@ -186,9 +186,14 @@ def readout(net, result, *, gain=None, method="spice", check=True) -> Gradients:
 
 
 def _check_belongs(sysm, m, U, rtol=1e-4):
-    """The circuit's pre-activations must be W m + b of *this* network: catches a result
-    read out with another network whose layer names happen to match."""
+    """The circuit's pre-activations must be W m + b of *this* network (for a general node:
+    f_v of its parents' m): catches a result read out with another network whose layer
+    names happen to match."""
     expect = sysm.preact(m)
+    if sysm.general:  # a max pooling node's u is its forward value f_v(m_parent)
+        F = sysm.fmap(m)[0]
+        for v in sysm.general:
+            expect[:, sysm.slices[v]] = F[:, sysm.slices[v]]
     scale = max(float(np.max(np.abs(expect))), 1e-12)
     err = float(np.max(np.abs(expect - U))) / scale
     if err > rtol:
