@@ -327,13 +327,34 @@ class ChipBatchResult:
         The final states (d in volts: gain * dC/da on a nominal chip).
     method : str
         ``"steady"``, ``"euler"`` or ``"continuous"``.
+    chips : list of Chip
+        The chips, in the order given.
+    single : bool
+        Whether ``x`` was one sample (the states then drop the batch axis when indexed).
+    eta : float or None
+        The Euler step (``"euler"``, and the Euler-Maruyama step of a noisy continuous run).
     steps : ndarray (K,) or None
         Euler steps taken per chip.
     converged : ndarray (K,) of bool
+        Whether each chip met its tolerance.
+    residual : ndarray (K,) or None
+        Each chip's last relative update (0 for the steady solve).
+    stalled : ndarray (K,) of bool or None
+        Euler: chips whose relative update stopped falling at the rounding floor before
+        reaching ``tol`` (counted as converged).
     t_final, t_settle : ndarray (K,) or None
         Continuous engine: when each chip's flow fell below ``tol``, and when its state came
         within ``settle_tol`` of its final value for good (units of the nominal tau).
+    settle_tol : float or None
+        The settling tolerance of ``t_settle``.
+    solver : str or None
+        The ODE solver (continuous engine).
+    nfev : int
+        Right-hand-side evaluations of the ODE solver (0 otherwise).
+    history : tuple or None
+        ``(m, d)`` trajectories, one row per recorded step, when recording was asked for.
     info : dict
+        ``chips`` (K) and engine details.
     """
 
     grads: list

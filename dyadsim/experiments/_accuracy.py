@@ -75,6 +75,26 @@ def accuracy(out_dir, quick=False, seeds=None, progress=True, jobs=None):
     differs.  Training at eta < 1 relaxes for a fixed step budget
     (:data:`EULER_STEP_BUDGET`), at eta = 1 for exactly 2L steps.  ``jobs`` worker
     processes run the (method, seed) pairs (default: the CPU count; 1 in quick mode).
+
+    Parameters
+    ----------
+    out_dir : str or path-like
+        The folder the CSV, JSON and PNG files go to (created if missing).
+    quick : bool, optional
+        Small settings for a fast check (default False: the full experiment).
+    seeds : int, sequence of int or None, optional
+        A count (seeds 0 .. n-1) or a list of seeds; None: the settings' default.
+    progress : bool, optional
+        Show progress bars (default True).
+    jobs : int or None, optional
+        Worker processes for the (method, seed) pairs; default the CPU count (1 in quick
+        mode).
+
+    Returns
+    -------
+    dict
+        The summary (settings, seeds, wall time and the results), also written to
+        ``accuracy.json`` next to ``accuracy.csv`` and ``accuracy.png``.
     """
     out = _out_dir(out_dir)
     cfg = _accuracy_settings(quick)

@@ -27,6 +27,25 @@ def analog(out_dir, quick=False, seeds=None, progress=True, spice_options=None):
     Both runs start from the same weights and see the same minibatches; the spice run
     takes each minibatch's gradients from the circuit's DC operating point
     (``dyadsim.spice_gradients``).  Needs ngspice.
+
+    Parameters
+    ----------
+    out_dir : str or path-like
+        The folder the CSV, JSON and PNG files go to (created if missing).
+    quick : bool, optional
+        Small settings for a fast check (default False: the full experiment).
+    seeds : int, sequence of int or None, optional
+        A count (seeds 0 .. n-1) or a list of seeds; None: the settings' default.
+    progress : bool, optional
+        Show progress bars (default True).
+    spice_options : dict or None, optional
+        Keywords of :func:`dyadsim.spice_gradients` for the spice run.
+
+    Returns
+    -------
+    dict
+        The summary (settings, seeds, wall time and the results), also written to
+        ``analog.json`` next to ``analog.csv`` and ``analog.png``.
     """
     out = _out_dir(out_dir)
     cfg = _analog_settings(quick)

@@ -28,6 +28,24 @@ def precision(out_dir, quick=False, seeds=None, progress=True):
     angle (log10 of radians), and the split of the squared relative error into its norm
     part (ratio - 1)^2 and its direction part 2*ratio*(1 - cos theta).
     ``seeds`` picks the network seed (first entry; default 0).
+
+    Parameters
+    ----------
+    out_dir : str or path-like
+        The folder the CSV, JSON and PNG files go to (created if missing).
+    quick : bool, optional
+        Small settings for a fast check (default False: the full experiment).
+    seeds : int, sequence of int or None, optional
+        A count or a list of seeds; only the first (0 for a count) seeds the network.
+        None: seed 0.
+    progress : bool, optional
+        Show progress bars (default True).
+
+    Returns
+    -------
+    dict
+        The summary (settings, seeds, wall time and the results), also written to
+        ``precision.json`` next to ``precision.csv`` and ``precision.png``.
     """
     out = _out_dir(out_dir)
     cfg = _precision_settings(quick)

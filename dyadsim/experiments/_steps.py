@@ -54,6 +54,24 @@ def steps(out_dir, quick=False, seeds=None, progress=True):
     a tolerance is the first step after which the error stays below it up to K.  Next to
     it: what :func:`dyadsim.relax` itself does with its default update-size stopping rule.
     ``seeds`` picks the network seed (the first one is used; default 0).
+
+    Parameters
+    ----------
+    out_dir : str or path-like
+        The folder the CSV, JSON and PNG files go to (created if missing).
+    quick : bool, optional
+        Small settings for a fast check (default False: the full experiment).
+    seeds : int, sequence of int or None, optional
+        A count or a list of seeds; only the first (0 for a count) seeds the network.
+        None: seed 0.
+    progress : bool, optional
+        Show progress bars (default True).
+
+    Returns
+    -------
+    dict
+        The summary (settings, seeds, wall time and the results), also written to
+        ``steps.json`` next to ``steps.csv`` and ``steps.png``.
     """
     out = _out_dir(out_dir)
     cfg = _steps_settings(quick)

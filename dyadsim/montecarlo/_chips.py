@@ -34,7 +34,13 @@ REFERENCES = ("network", "chip")
 @dataclass(frozen=True)
 class ChipSpec:
     """The chip options of a Monte Carlo, where the circuit Monte Carlo lists its
-    non-idealities (``label`` names them)."""
+    non-idealities (``label`` names them).
+
+    Parameters
+    ----------
+    options : tuple
+        The :meth:`dyadsim.Chip.sample` options as sorted ``(name, value)`` pairs.
+    """
 
     options: tuple
 

@@ -35,7 +35,24 @@ def _stats(values) -> tuple:
 class MonteCarloResult:
     """``table``: a pandas DataFrame, one row per run x parameter tensor (columns
     :data:`COLUMNS`; the rows named :data:`ALL_TENSORS` hold all parameters together).
-    ``summary()``: runs, failures and per-tensor statistics.  ``info``: timings, engine."""
+    ``summary()``: runs, failures and per-tensor statistics.  ``info``: timings, engine.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One row per run x parameter tensor, columns :data:`COLUMNS`.
+    runs : int
+        Number of runs.
+    nonidealities : list
+        The non-idealities applied (a chip Monte Carlo: one :class:`ChipSpec`).
+    dialect : str
+        ``"behavioral"`` or ``"device"``; a chip Monte Carlo: ``"chip/dynamics"`` or
+        ``"chip/spice"``.
+    tensors : list of str
+        The parameter tensors' names (``"W[src->dst]"``, ``"b[node]"``).
+    info : dict, optional
+        Timings, engine, workers, seed, batch size, ...
+    """
 
     table: object
     runs: int

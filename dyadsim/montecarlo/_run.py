@@ -230,27 +230,54 @@ def monte_carlo(net, x, y, *, nonidealities=(), runs=200, dialect="behavioral", 
 
     Parameters
     ----------
-    net, x, y : the network and the batch (one netlist holds the whole batch).
-    nonidealities : list of :mod:`dyadsim.circuits` non-idealities (``Mismatch(0.05)``,
-        ``Quantization(6)``, ...), applied in order to every run's copy of the circuit.
-    runs : number of runs; run r draws from ``numpy.random.default_rng([seed, r])``.
-    dialect : ``"behavioral"`` (:func:`~dyadsim.compile_netlist`) or ``"device"``
+    net : Network
+        The network.
+    x, y : array_like
+        The batch (one netlist holds the whole batch).
+    nonidealities : sequence, optional
+        :mod:`dyadsim.circuits` non-idealities (``Mismatch(0.05)``, ``Quantization(6)``,
+        ...), applied in order to every run's copy of the circuit.
+    runs : int, optional
+        Number of runs (default 200); run r draws from ``numpy.random.default_rng([seed, r])``.
+    dialect : str, optional
+        ``"behavioral"`` (default, :func:`~dyadsim.compile_netlist`) or ``"device"``
         (:func:`~dyadsim.circuits.compile_device_netlist`).
-    scheduler : ``None`` (a local cluster of ``workers`` processes, default one per core),
-        a scheduler address, a ``distributed.Client``, or ``"processes"``/``"threads"``/
-        ``"synchronous"`` (Dask's local schedulers).
-    progress : show a progress bar (tqdm over ``as_completed``, or Dask's ProgressBar).
-    timeout : seconds per ngspice run.
-    analysis : ``"op"`` (default) or ``"tran"`` (needed for :class:`ThermalNoise`).
-    average : for transients, read out the node voltages averaged over this last fraction
-        of the run (default 0.25 with thermal noise, else the final point).
-    compile_options : keyword arguments of the compiler (``gain``, ``opamp``, ``bjt``, ...).
-    chip : dict of :meth:`dyadsim.Chip.sample` options: a Monte Carlo over sampled chips
-        (run r is ``Chip.sample(net, seed=[seed, r], **chip)``) on ``engine`` =
-        ``"dynamics"`` (default with a chip) or ``"spice"``, compared with backprop of the
-        nominal network or (``reference="chip"``) of ``chip.network``; see
-        :func:`dyadsim.montecarlo.chip_monte_carlo` (``chunk``: chips per Dask task of the
-        dynamics engine).  Not combined with ``nonidealities``.
+    scheduler : optional
+        ``None`` (a local cluster of ``workers`` processes), a scheduler address, a
+        ``distributed.Client``, or ``"processes"``/``"threads"``/``"synchronous"`` (Dask's
+        local schedulers).
+    workers : int or None, optional
+        Processes of the local cluster (``scheduler=None``); default one per core.
+    seed : int, optional
+        Base seed of the runs' generators (default 0).
+    progress : bool, optional
+        Show a progress bar (tqdm over ``as_completed``, or Dask's ProgressBar).
+    timeout : float, optional
+        Seconds per ngspice run (default 120).
+    analysis : str, optional
+        ``"op"`` (default) or ``"tran"`` (needed for :class:`~dyadsim.circuits.ThermalNoise`).
+    average : float or None, optional
+        For transients, read out the node voltages averaged over this last fraction of the
+        run (default 0.25 with thermal noise, else the final point).
+    compile_options : dict or None, optional
+        Keyword arguments of the compiler (``gain``, ``opamp``, ``bjt``, ...).
+    chip : dict or None, optional
+        :meth:`dyadsim.Chip.sample` options: a Monte Carlo over sampled chips (run r is
+        ``Chip.sample(net, seed=[seed, r], **chip)``); see
+        :func:`dyadsim.montecarlo.chip_monte_carlo`.  Not combined with ``nonidealities``.
+    engine : str or None, optional
+        With ``chip``: ``"dynamics"`` (default) or ``"spice"``.  Without ``chip`` only
+        ``None`` or ``"spice"`` (the circuit Monte Carlo on ngspice).
+    reference : str, optional
+        With ``chip``: compare with backprop of the nominal network (``"network"``,
+        default) or of ``chip.network`` (``"chip"``).
+    chunk : int or None, optional
+        With ``chip`` on the dynamics engine: chips per Dask task.
+
+    Returns
+    -------
+    MonteCarloResult
+        One table row per run x parameter tensor; ``info`` holds timings and the engine.
     """
     if chip is not None or engine not in (None, "spice"):
         from ._chips import chip_monte_carlo

@@ -19,7 +19,18 @@ __all__ = ["sweep", "SweepResult", "plot_sweep"]
 @dataclass
 class SweepResult:
     """A Monte Carlo per non-ideality size: ``values``, ``results`` (MonteCarloResult each)
-    and ``table`` (all runs, with a ``value`` column)."""
+    and ``table`` (all runs, with a ``value`` column).
+
+    Parameters
+    ----------
+    values : list
+        The sizes swept.
+    results : list of MonteCarloResult
+        One per value, in order.
+    label : str, optional
+        What the values are (the plots' x label); :func:`sweep` defaults it to
+        ``"non-ideality size"``.
+    """
 
     values: list
     results: list
@@ -52,7 +63,33 @@ class SweepResult:
 def sweep(net, x, y, *, factory, values, runs=50, label=None, scheduler=None, workers=None,
           progress=True, **mc_kwargs) -> SweepResult:
     """A Monte Carlo per value: ``factory(value)`` gives the non-idealities, e.g.
-    ``factory=lambda s: [Mismatch(s)]``.  One Dask cluster serves all of them."""
+    ``factory=lambda s: [Mismatch(s)]``.  One Dask cluster serves all of them.
+
+    Parameters
+    ----------
+    net : Network
+        The network.
+    x, y : array_like
+        The batch.
+    factory : callable
+        ``value -> list of non-idealities``.
+    values : iterable
+        The sizes to sweep (at least one).
+    runs : int, optional
+        Runs per value (default 50).
+    label : str or None, optional
+        What the values are; default ``"non-ideality size"``.
+    scheduler, workers, progress : optional
+        As for :func:`~dyadsim.montecarlo.monte_carlo`.
+    **mc_kwargs
+        Further :func:`~dyadsim.montecarlo.monte_carlo` keywords (``dialect``, ``seed``,
+        ``analysis``, ...).
+
+    Returns
+    -------
+    SweepResult
+        One :class:`MonteCarloResult` per value.
+    """
     values = list(values)
     if not values:
         raise DyadsimError("sweep needs at least one value")
@@ -68,8 +105,25 @@ def sweep(net, x, y, *, factory, values, runs=50, label=None, scheduler=None, wo
 
 def plot_sweep(result: SweepResult, path=None, *, title=None, logx=None):
     """Gradient misalignment angle and norm ratio against the non-ideality's size, one line
-    per parameter tensor (mean over runs, bars: one standard deviation).  Returns the
-    matplotlib Figure; saves a PNG to ``path`` when given."""
+    per parameter tensor (mean over runs, bars: one standard deviation).
+
+    Parameters
+    ----------
+    result : SweepResult
+        The sweep to plot.
+    path : str or path-like, optional
+        Where to save a PNG; nothing is saved when None.
+    title : str or None, optional
+        The figure's title (default: the label, runs per point and failures).
+    logx : bool or None, optional
+        Logarithmic x axis; None (default) chooses it when the values are all positive and
+        span a factor of at least 20.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)

@@ -59,7 +59,15 @@ class EdgeOp:
 
 
 class Dense(EdgeOp):
-    """A full weight matrix of shape (n_dst, n_src)."""
+    """A full weight matrix of shape (n_dst, n_src).
+
+    Parameters
+    ----------
+    n_src : int
+        Number of source neurons.
+    n_dst : int
+        Number of destination neurons.
+    """
 
     kind = "dense"
 
@@ -243,7 +251,26 @@ class Conv2d(_Indexed):
     """2-D cross-correlation (PyTorch's Conv2d): weight (C_out, C_in / groups, kh, kw),
     stride, zero padding (symmetric (h, w) or (top, bottom, left, right)), dilation, groups;
     input (C_in, H, W) -> output (C_out, H_out, W_out), all flattened.  A Conv1d is the
-    case H = 1."""
+    case H = 1.
+
+    Parameters
+    ----------
+    in_shape : tuple of int
+        The source's (C_in, H, W).
+    out_channels : int
+        C_out; ``groups`` divides it.
+    kernel_size : int or (int, int)
+        (kh, kw).
+    stride : int or (int, int), optional
+        Default 1.
+    padding : int, (int, int) or (int, int, int, int), optional
+        Zeros added around the input: symmetric (h, w), or (top, bottom, left, right).
+        Default 0.
+    dilation : int or (int, int), optional
+        Spacing of the kernel taps; default 1.
+    groups : int, optional
+        Number of channel groups; divides both C_in and C_out.  Default 1.
+    """
 
     kind = "conv2d"
 
@@ -429,7 +456,19 @@ def _avg_matrix(n_out, n_in, starts, stops):
 
 
 class AvgPool2d(_Pool):
-    """Average pooling (PyTorch's AvgPool2d, count_include_pad=True): no weight."""
+    """Average pooling (PyTorch's AvgPool2d, count_include_pad=True): no weight.
+
+    Parameters
+    ----------
+    in_shape : tuple of int
+        The source's (C, H, W).
+    kernel_size : int or (int, int)
+        The window (kh, kw).
+    stride : int, (int, int) or None, optional
+        None (default): the kernel size.
+    padding : int or (int, int), optional
+        Symmetric zero padding (h, w), counted in every window's divisor; default 0.
+    """
 
     kind = "avgpool2d"
 

@@ -63,6 +63,14 @@ class Network:
 
     Build one with :meth:`from_graph`, :func:`dyadsim.mlp` or :func:`dyadsim.load`.
 
+    Parameters
+    ----------
+    graph : networkx.DiGraph
+        The layer graph: one source (the input), one sink (the output), acyclic; validated
+        as by :meth:`from_graph`.
+    loss : str or Loss, optional
+        ``"mse"`` (default) or ``"xent"``, or a :class:`~dyadsim.network.Loss`.
+
     Attributes
     ----------
     input, output : the names of the source (input) and sink (output) layer nodes.

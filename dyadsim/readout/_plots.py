@@ -15,8 +15,27 @@ def plot_relaxation(net, tran, *, tau=None, gain=None, path=None, max_neurons=4,
 
     One panel per layer with V(x) (solid) and V(z) (dashed) of up to ``max_neurons``
     neurons against t/tau, and a last panel with the relative error of the gradient readout
-    against its final value (log scale).  Returns the matplotlib Figure; saves it to
-    ``path`` when given.
+    against its final value (log scale).
+
+    Parameters
+    ----------
+    net : Network
+        The network the netlist was compiled from.
+    tran : Transient
+        The ngspice transient.
+    tau, gain : optional
+        As for :func:`~dyadsim.readout.relaxation_trace`.
+    path : str or path-like, optional
+        Where to save the figure; nothing is saved when None.
+    max_neurons : int, optional
+        Neurons drawn per layer (default 4).
+    sample : int, optional
+        The batch sample drawn (default 0).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure.
     """
     import matplotlib
 

@@ -60,7 +60,7 @@ def _states_from(net, get, B, T=()):
 class CircuitStates(NamedTuple):
     """The node voltages of a DBP circuit, stacked like the digital states.
 
-    Attributes
+    Parameters
     ----------
     x, z : numpy.ndarray
         The state pair V(x), V(z) of every neuron, ``(batch, net.n)``.
@@ -168,6 +168,25 @@ def readout(net, result, *, gain=None, method="spice", check=True) -> Gradients:
     ``check`` verifies that the circuit's V(u) equals W m + b of ``net`` (to 1e-4), which
     catches a result read out with the wrong network; turn it off for circuits perturbed
     on purpose (mismatch, quantization: :mod:`dyadsim.montecarlo`).
+
+    Parameters
+    ----------
+    net : Network
+        The network the netlist was compiled from.
+    result : OperatingPoint or Transient
+        The simulation result.
+    gain : float, mapping or None, optional
+        The error-voltage gain (a number or ``{layer: number}``); None (default): read back
+        from the circuit.
+    method : str, optional
+        The label the returned gradients carry (default ``"spice"``).
+    check : bool, optional
+        Verify that V(u) equals W m + b of ``net`` (default True).
+
+    Returns
+    -------
+    Gradients
+        ``{("W", src, dst): ..., ("b", node): ...}`` averaged over the batch, with ``loss``.
     """
     if hasattr(result, "final") and hasattr(result, "time"):
         result = result.final()
@@ -205,7 +224,23 @@ def _check_belongs(sysm, m, U, rtol=1e-4):
 
 def settling_time(t, err, tol=1e-6) -> float:
     """First time after which the error trace ``err`` (same length as ``t``) stays at or
-    below ``tol`` (``inf`` if it never does)."""
+    below ``tol``.
+
+    Parameters
+    ----------
+    t : array_like
+        The time points.
+    err : array_like
+        The error at each time point.
+    tol : float, optional
+        The tolerance (default 1e-6).
+
+    Returns
+    -------
+    float
+        The first ``t[k]`` with ``err[k:] <= tol``; ``inf`` if the last point is still
+        above ``tol``.
+    """
     bad = np.nonzero(np.asarray(err) > tol)[0]
     if len(bad) == 0:
         return float(t[0])
@@ -218,10 +253,25 @@ def settling_time(t, err, tol=1e-6) -> float:
 def relaxation_trace(net, tran, *, tau=None, gain=None, max_points=300):
     """Readout along a transient: times (in tau), states and gradient errors vs the final state.
 
-    Returns a dict with ``t`` (tau units), ``m``, ``d`` (T, B, n) and ``grad_error`` (T,)
-    (relative error of the gradients read out at t against those at the end).  ``gain``
-    (a number or ``{layer: number}``) defaults to what the circuit's reference nodes say
-    (per layer for a gain-staged circuit).
+    Parameters
+    ----------
+    net : Network
+        The network the netlist was compiled from.
+    tran : Transient
+        The ngspice transient.
+    tau : float or None, optional
+        The time constant (s); None (default): the circuit's ``tau_ref`` node, else 1.
+    gain : float, mapping or None, optional
+        A number or ``{layer: number}``; None (default): what the circuit's reference nodes
+        say (per layer for a gain-staged circuit).
+    max_points : int, optional
+        At most this many time points, evenly spaced over the run (default 300).
+
+    Returns
+    -------
+    dict
+        ``t`` (T,) in tau units, ``m`` and ``d`` (T, B, n), and ``grad_error`` (T,): the
+        relative error of the gradients read out at t against those at the end.
     """
     t = np.asarray(tran.time)
     idx = np.unique(np.linspace(0, len(t) - 1, min(max_points, len(t))).astype(int))
@@ -243,7 +293,22 @@ def relaxation_trace(net, tran, *, tau=None, gain=None, max_points=300):
 @dataclass(repr=False)
 class SpiceGradients(GradientResult):
     """Result of :func:`spice_gradients`: ``grads``, the netlist(s), the simulator
-    result(s), and ``info`` (timings, sizes, settling time for transients)."""
+    result(s), and ``info`` (timings, sizes, settling time for transients).
+
+    Parameters
+    ----------
+    grads : Gradients
+        The gradients read out (averaged over the batch).
+    netlists : list of Netlist
+        One netlist for the batch, or one per sample (``per_sample=True``);
+        ``netlist`` is the first.
+    results : list
+        The simulator results (OperatingPoint or Transient), one per netlist; ``result``
+        is the first.
+    info : dict, optional
+        ``analysis``, ``dialect``, ``netlists``, ``elements``, ``compile_s``,
+        ``simulate_s`` and, for transients, ``t_settle_tau``.
+    """
 
     grads: Gradients
     netlists: list
@@ -300,11 +365,45 @@ def spice_gradients(net, x, y, *, analysis="op", gain=1.0, backend="auto", per_s
     final value.  ``dialect`` picks the compiler: ``"behavioral"``
     (:func:`~dyadsim.compile_netlist`) or ``"device"`` (op-amps, conductance crossbars and
     BJT pairs: :func:`~dyadsim.circuits.compile_device_netlist`, tanh/identity and mse only).
-    ``backend`` and ``keep_files`` apply with ``per_sample=True`` too (several samples
-    always run as ``ngspice -b`` subprocesses, in parallel).
+    ``keep_files`` applies with ``per_sample=True`` too; several samples always run as
+    parallel ``ngspice -b`` subprocesses, so ``backend`` must then be ``"auto"`` or
+    ``"subprocess"``.
 
     ``net`` may be a :class:`~dyadsim.Chip`: its values go into the netlist and its
     converters read it out (the chip's own cost gain applies).
+
+    Parameters
+    ----------
+    net : Network or Chip
+        The network (or sampled chip).
+    x, y : array_like
+        The batch.
+    analysis : str, optional
+        ``"op"`` (default) or ``"tran"``.
+    gain : float, ``"auto"``, mapping or sequence, optional
+        Scale of the error voltages, as for :func:`~dyadsim.compile_netlist` (default 1.0);
+        a chip takes only a number (its own cost gain).
+    backend : str, optional
+        The simulator backend (default ``"auto"``).
+    per_sample : bool, optional
+        One netlist per sample instead of one for the batch (default False).
+    processes : int, optional
+        Parallel ngspice subprocesses with ``per_sample=True`` (default 2).
+    timeout : float, optional
+        Seconds per ngspice run (default 600).
+    keep_files : bool, optional
+        Keep the netlist and raw files (default False).
+    settle_tol : float, optional
+        Tolerance of ``info["t_settle_tau"]`` for transients (default 1e-6).
+    dialect : str, optional
+        ``"behavioral"`` (default) or ``"device"``.
+    **compile_options
+        Further keywords of the compiler (``tau``, ``g``, ``t_stop``, ...).
+
+    Returns
+    -------
+    SpiceGradients
+        The gradients with the netlists, the simulator results and ``info``.
     """
     from ..circuits import compile_device_netlist
 

@@ -47,6 +47,34 @@ class History:
 
     ``initial`` holds the same evaluation before the first update; ``config`` the run's
     settings; ``stopped`` why training ended early (``None`` when it ran all epochs).
+
+    Attributes
+    ----------
+    config : dict
+        The run's settings.
+    relax_unit : str or None
+        Unit of ``relax_mean``/``relax_max``: ``"steps"`` (Euler), ``"tau"`` (ODE, or a
+        transient SPICE analysis), ``None`` when no effort is recorded.
+    initial : dict
+        The evaluation before the first update (``train_loss``, ``train_accuracy``,
+        ``test_loss``, ``test_accuracy``).
+    stopped : str or None
+        Why training ended early; ``None`` when it ran all epochs.
+    epoch : list of int
+        1, 2, ... for the finished epochs.
+    train_loss, train_accuracy, test_loss, test_accuracy : list of float
+        The full splits evaluated after each epoch (accuracies as fractions in [0, 1]).
+    batch_loss : list of float
+        Mean of the minibatch losses seen during each epoch (before each update).
+    relax_mean, relax_max : list
+        Mean and maximum relaxation effort per minibatch, in ``relax_unit`` (``None``
+        entries where not measured).
+    wall_time : list of float
+        Seconds per epoch (gradients, updates, evaluation, checkpoint).
+    chip : dict
+        Hardware-aware training (``train(chip=...)``) only: the chip's own evaluation,
+        ``initial`` and per-epoch lists ``train_loss``, ``train_accuracy``, ``test_loss``,
+        ``test_accuracy``; empty otherwise.
     """
 
     config: dict = field(default_factory=dict)
