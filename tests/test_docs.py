@@ -57,10 +57,6 @@ STAGES = ["errors", "network", "datasets", "dynamics", "circuits", "simulator", 
 # docstrings are converted once those edits have landed.  Each entry: name -> defining file.
 NOT_YET_NUMPYDOC = {
     # files other helpers are editing now (converted once their edits have landed)
-    "BJTModel": "dyadsim/circuits/_device.py",
-    "OpAmp": "dyadsim/circuits/_device.py",
-    "compile_device_netlist": "dyadsim/circuits/_device.py",
-    "Netlist": "dyadsim/circuits/_setup.py",
     "ContinuousResult": "dyadsim/dynamics/_ode.py",
     "relax_continuous": "dyadsim/dynamics/_ode.py",
 }

@@ -77,7 +77,20 @@ class OpAmp:
     offset; random per-amplifier offsets are :class:`~dyadsim.circuits.AmplifierNonideal`).
     With an offset the gain must be finite in practice: ``inf`` then means
     :data:`OFFSET_OPAMP_GAIN` and ``gain * |offset|`` is limited to
-    :data:`MAX_GAIN_TIMES_OFFSET` (numerical resolution, see there)."""
+    :data:`MAX_GAIN_TIMES_OFFSET` (numerical resolution, see there).
+
+    Parameters
+    ----------
+    gain : float
+        Open-loop gain, >= 1 (``inf``: ideal).
+    offset : float
+        Input offset voltage in volts, within +-1 V.
+
+    Raises
+    ------
+    DyadsimError
+        A gain below 1, an offset beyond 1 V, or a gain-offset product ngspice cannot resolve.
+    """
 
     gain: float = math.inf
     offset: float = 0.0
@@ -112,6 +125,21 @@ class BJTModel:
     The default approaches an ideal exponential device: saturation current ``is_``, huge
     forward beta, no Early effect (``vaf=inf``), no series resistances, no high-injection
     knee.  :meth:`realistic` is a small-signal discrete-transistor-like set.
+
+    Parameters
+    ----------
+    is_ : float
+        Saturation current (A), > 0.
+    bf, br : float
+        Forward and reverse beta, > 0.
+    nf : float
+        Forward emission coefficient, > 0.
+    vaf : float
+        Forward Early voltage (V), > 0 (``inf``: no Early effect).
+    ikf : float
+        High-injection knee current (A), > 0 (``inf``: none).
+    rb, re, rc : float
+        Base, emitter and collector series resistances (ohms), >= 0.
     """
 
     is_: float = 1e-16
@@ -213,6 +241,12 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
 
     Parameters
     ----------
+    net : Network
+        tanh/identity layers with the mse loss (what the device neuron implements).
+    x : array_like, (n_in,) or (B, n_in)
+        Inputs (voltage sources).
+    y : array_like, (n_out,) or (B, n_out)
+        Targets (voltage sources).
     analysis : ``"op"`` or ``"tran"`` (relaxation from x = z = 0).
     gain : float, ``"auto"``, mapping or sequence
         Cost gain; error voltages are ``gain * dC/da``.  ``"auto"`` (or per-layer gains)
@@ -222,7 +256,10 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
         layer's gain.
     tau : time constant ``R_unit * C`` of the x/z integrators, seconds.
     r_unit : the unit resistance (ohms): weight w is the conductance ``|w| / r_unit``.
-    opamp : :class:`OpAmp` (default ideal).  bjt : :class:`BJTModel` (default near-ideal).
+    opamp : OpAmp, optional
+        The op-amps (default ideal).
+    bjt : BJTModel, optional
+        The transistors (default near-ideal).
     i_tail : tail current of every differential pair (amperes); the transimpedance is
         ``1 V / i_tail``.
     r_divider : the lower resistor of the input dividers (ohms); it sets their source
@@ -231,6 +268,11 @@ def compile_device_netlist(net, x, y, *, analysis="op", gain=1.0, tau=1e-6, r_un
         weight pair (``0``: only the nonzero half exists).
     temp : simulation temperature in Celsius (sets V_T; ``tnom`` is set equal).
     t_stop, t_step, max_step, options, title : as in :func:`~dyadsim.compile_netlist`.
+
+    Returns
+    -------
+    Netlist
+        The netlist text with its node map, statistics and gains.
     """
     t0 = time.perf_counter()
     opamp = OpAmp() if opamp is None else opamp

@@ -171,7 +171,36 @@ class Netlist:
     ``gain`` is the cost gain (the output layer's); ``gains`` holds the gain of every layer
     (``{layer: float}``, all equal for a scalar gain) and ``staged`` says whether the
     netlist has one gain per layer (``gain="auto"`` or per-layer gains: reference nodes
-    ``gain_ref_<layer>``, ``.param gain_<layer>``).
+    ``gain_ref_<layer>``, ``.param gain_<layer>``).  Made by the compilers
+    (:func:`~dyadsim.compile_netlist`, :func:`~dyadsim.circuits.compile_device_netlist`),
+    not by hand.
+
+    Parameters
+    ----------
+    text : str
+        The netlist.
+    circuit : Circuit
+        The IR it was written from.
+    net : Network
+        The network it computes.
+    x, y : ndarray
+        The batch, (B, n_in) and (B, n_out).
+    analysis : str
+        ``"op"`` or ``"tran"``.
+    gain, g, tau : float
+        The cost gain, the transconductance scale (S) and the time constant (s).
+    node_map, aux_map, layer_ids, input_nodes, target_nodes : dict
+        Where every neuron, auxiliary node, layer, input and target lives (see above).
+    compile_time : float
+        Seconds the compiler took.
+    path : Path, optional
+        Where :meth:`write` last wrote it.
+    stats : dict
+        Element counts by kind.
+    gains : dict
+        ``{layer: gain}``.
+    staged : bool
+        One gain per layer.
     """
 
     text: str
