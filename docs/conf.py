@@ -36,5 +36,7 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "none"
 autosummary_generate = False
 myst_heading_anchors = 3
-suppress_warnings = ["myst.header"]
+# "ref.python": an attribute name shared by two result classes (x, m) is ambiguous to
+# Sphinx's implicit cross-references; each class documents its own
+suppress_warnings = ["myst.header", "ref.python"]
 html_theme = "alabaster"

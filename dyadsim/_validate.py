@@ -172,7 +172,15 @@ def checked_call(fn):
         try:
             sig.bind(*args, **kwargs)
         except TypeError as exc:
-            raise DyadsimError(f"{fn.__qualname__}(): {exc}") from None
+            msg = f"{fn.__qualname__}(): {exc}"
+            unknown = [k for k in kwargs if k not in sig.parameters]
+            if unknown and not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+                valid = [p for p, par in sig.parameters.items()
+                         if par.kind in (par.KEYWORD_ONLY, par.POSITIONAL_OR_KEYWORD)
+                         and par.default is not par.empty]
+                msg += (f" (unknown option{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(map(repr, unknown))}; valid: {', '.join(valid)})")
+            raise DyadsimError(msg) from None
         return fn(*args, **kwargs)
 
     return wrapper

@@ -57,8 +57,6 @@ STAGES = ["errors", "network", "datasets", "dynamics", "circuits", "simulator", 
 # docstrings are converted once those edits have landed.  Each entry: name -> defining file.
 NOT_YET_NUMPYDOC = {
     # files other helpers are editing now (converted once their edits have landed)
-    "ContinuousResult": "dyadsim/dynamics/_ode.py",
-    "relax_continuous": "dyadsim/dynamics/_ode.py",
 }
 
 _HEADER = re.compile(r"^([A-Z][A-Za-z ]*)\n-{3,}[ \t]*$", re.M)

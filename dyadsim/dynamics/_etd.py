@@ -46,6 +46,17 @@ def steady_state(sysm):
     """
     net = sysm.net
     B, n = sysm.B, sysm.n
+    if getattr(sysm, "general", None):
+        # general nodes: iterate the maps, exact after L (forward) and L + 1 (backward)
+        # sweeps since every path has at most L edges
+        m = np.zeros((B, n), dtype=sysm.dtype)
+        for _ in range(net.depth):
+            m = sysm.fmap(m)[0]
+        d = np.zeros((B, n), dtype=sysm.dtype)
+        for _ in range(net.depth + 1):
+            dm, dd, _u = sysm.flow_md(m, d)
+            d = d + dd
+        return m, d
     m = np.zeros((B, n), dtype=sysm.dtype)
     S = np.zeros((B, n), dtype=sysm.dtype)
     for v in net.nodes:

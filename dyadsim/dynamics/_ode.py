@@ -230,6 +230,13 @@ def relax_continuous(net, x, y, *, method=ETD_METHOD, state="md", rtol=None, ato
         raise DyadsimError(
             f"unknown ODE method {method!r}; valid methods: {', '.join(ODE_METHODS)}")
     method = _BY_LOWER[method.lower()]
+    fallback = None
+    if method == ETD_METHOD and net.general_nodes:
+        # the collocation solver evaluates layer nodes only; general nodes (max pooling)
+        # take scipy's DOP853 on the same flow (reported in info["solver_fallback"])
+        fallback = (f"ETD does not evaluate general node {net.general_nodes[0]!r}; "
+                    "integrated with DOP853")
+        method = "DOP853"
     dtype = check_dtype(dtype)
     scipy_tols = (1e-10, 1e-13) if np.dtype(dtype) == np.float64 else (1e-5, 1e-8)
     d_rtol, d_atol = _DEFAULT_TOLS.get(method, scipy_tols)
@@ -310,6 +317,8 @@ def relax_continuous(net, x, y, *, method=ETD_METHOD, state="md", rtol=None, ato
             "t_settle": t_settle, "t_final": t_final, "residual": float(out["residual"]),
             "settled": bool(settled), "stalled": bool(out["stalled"]),
             "rtol": rtol, "atol": atol, "tol": tol}
+    if fallback:
+        info["solver_fallback"] = fallback
     return ContinuousResult(grads, X, Z, t_final, t_settle, settle_tol, method, int(nfev),
                             int(njev), int(out["n_steps"]), float(out["residual"]), t_arr,
                             x_t, z_t, info, state, md_final, md_t)
