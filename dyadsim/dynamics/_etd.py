@@ -40,27 +40,23 @@ _PANEL_BYTES = 256 * 2**20  # collocation node arrays: samples are done in chunk
 def steady_state(sysm):
     """The fixed point of the flow, ``(m*, d*)``: the forward pass and its adjoint.
 
-    One sweep in topological order (W is strictly lower triangular, so each layer's value
-    is final once its inputs are) and one in reverse: ``m*_v = sigma(u_v)``, ``d*_v =
-    sum_c W_vc^T (sigma'(u_c) d*_c) + [v is the output] dC/da_L``.
+    One sweep in topological order (W is strictly lower triangular, so each node's value is
+    final once its inputs are) and one in reverse: ``m*_v = sigma(u_v)`` (``f_v`` of its
+    parents for a general node), ``d*_v = sum_c J_{f_c, v}^T d*_c + [v is the output]
+    dC/da_L`` (``W_vc^T (sigma'(u_c) d*_c)`` for a layer node c).
     """
     net = sysm.net
     B, n = sysm.B, sysm.n
-    if getattr(sysm, "general", None):
-        # general nodes: iterate the maps, exact after L (forward) and L + 1 (backward)
-        # sweeps since every path has at most L edges
-        m = np.zeros((B, n), dtype=sysm.dtype)
-        for _ in range(net.depth):
-            m = sysm.fmap(m)[0]
-        d = np.zeros((B, n), dtype=sysm.dtype)
-        for _ in range(net.depth + 1):
-            dm, dd, _u = sysm.flow_md(m, d)
-            d = d + dd
-        return m, d
+    general = set(sysm.general)
     m = np.zeros((B, n), dtype=sysm.dtype)
     S = np.zeros((B, n), dtype=sysm.dtype)
+    ctx = {}
     for v in net.nodes:
         sl = sysm.slices[v]
+        if v in general:
+            ins = [sysm.X if p == net.input else m[:, sysm.slices[p]] for p in net.preds[v]]
+            m[:, sl], ctx[v] = net.node_ops[v].forward(ins)
+            continue
         u = sysm.beta[:, sl].copy()
         for psl, op, W in sysm.in_edges[v]:
             u += op.forward(W, m[:, psl])
@@ -69,8 +65,12 @@ def steady_state(sysm):
     d[:, sysm.out] = net.loss.grad(m[:, sysm.out], sysm.Y)
     for v in reversed(net.nodes):
         sl = sysm.slices[v]
-        for csl, op, W in sysm.out_edges[v]:
+        for csl, op, W in sysm.out_edges[v]:   # the layer successors
             d[:, sl] += op.backward(W, S[:, csl] * d[:, csl])
+        if v in general:  # d_v is final: send J^T d_v to the parents
+            for p, g in zip(net.preds[v], net.node_ops[v].vjp(ctx[v], d[:, sl])):
+                if p != net.input:
+                    d[:, sysm.slices[p]] += g
     return m, d
 
 
@@ -347,18 +347,14 @@ class ExpCollocation:
 
 
 def eval_md(sysm, m, d):
-    """``(N_m, sigma'(u), N_d)`` at the state (m, d), (B, n) arrays."""
-    net = sysm.net
-    Nm = np.empty_like(m)
-    S = np.empty_like(m)
-    for v in net.nodes:
-        sl = sysm.slices[v]
-        u = sysm.beta[:, sl].copy()
-        for psl, op, W in sysm.in_edges[v]:
-            u += op.forward(W, m[:, psl])
-        Nm[:, sl], S[:, sl] = sysm.acts[v].value_and_slope(u)
+    """``(N_m, sigma'(u), N_d)`` at the state (m, d), (B, n) arrays (sigma' is 0 in the
+    columns of general nodes)."""
+    Nm, u, ctx = sysm.fmap(m)
+    S = sysm.apply(1, u)
     Nd = sysm.backward(S * d)
-    Nd[:, sysm.out] += net.loss.grad(m[:, sysm.out], sysm.Y)
+    if sysm.general:
+        sysm._general_backward(ctx, d, Nd)
+    Nd += sysm.cost_grad(m)
     return Nm, S, Nd
 
 
@@ -457,24 +453,20 @@ def _sweep(sysm, K, R, Aext, m0, d0, Nm0, S0, Nd0, P, out):
     rows = K * Bc
     Nm1, S1, Nd1, m1, d1 = out
     err = [0.0, 0.0]
+    general = set(sysm.general)
+    ctx = {}
     for v in net.nodes:
         sl = sysm.slices[v]
         nv = sl.stop - sl.start
         Mv, buf, SD = P.m[v], P.nm[v], P.sd[v]
-        u = P.u(K, Bc, nv)
-        u2 = u.reshape(rows, nv)
-        first = True
-        for p in net.preds[v]:
-            if p == net.input:
-                continue  # its contribution is in beta
-            src = P.m[p][1:K + 1].reshape(rows, P.m[p].shape[2])
-            _apply(net.edge_ops[(p, v)], sysm.weights.get((p, v)), src, u2, first, "forward")
-            first = False
-        if first:
-            u[...] = sysm.beta[R, sl]
+        if v in general:  # f_v of its parents at every node; its linearisation for J^T
+            ins = [np.tile(sysm.X[R], (K, 1)) if p == net.input
+                   else P.m[p][1:K + 1].reshape(rows, P.m[p].shape[2]) for p in net.preds[v]]
+            val, ctx[v] = net.node_ops[v].forward(ins)
+            buf[1:K + 1] = val.reshape(K, Bc, nv)
+            SD[...] = 0.0
         else:
-            u += sysm.beta[R, sl]
-        _act_into(sysm.acts[v], u, buf[1:K + 1], SD)
+            _layer_forward(sysm, net, K, R, Bc, rows, v, sl, nv, P, buf, SD)
         buf[0] = Nm0[R, sl]
         buf[K + 1] = m0[R, sl]
         Mv[0] = m0[R, sl]
@@ -484,6 +476,7 @@ def _sweep(sysm, K, R, Aext, m0, d0, Nm0, S0, Nd0, P, out):
         S1[R, sl] = SD[K - 1]
         m1[R, sl] = Mv[K]
     Y = sysm.Y[R]
+    pushed = {}   # J^T d of general nodes, sent to their parents (rows, n_p)
     for v in reversed(net.nodes):
         sl = sysm.slices[v]
         nv = sl.stop - sl.start
@@ -491,9 +484,17 @@ def _sweep(sysm, K, R, Aext, m0, d0, Nm0, S0, Nd0, P, out):
         nd = buf[1:K + 1].reshape(rows, nv)
         first = True
         for c_node in net.succs[v]:
+            if c_node in general:
+                continue  # pushed below, when c_node was done
             src = P.sd[c_node].reshape(rows, P.sd[c_node].shape[2])
             _apply(net.edge_ops[(v, c_node)], sysm.weights.get((v, c_node)), src, nd, first,
                    "backward")
+            first = False
+        if v in pushed:
+            if first:
+                nd[...] = pushed.pop(v)
+            else:
+                nd += pushed.pop(v)
             first = False
         if sl == sysm.out:
             Yt = np.broadcast_to(Y, (K,) + Y.shape).reshape(rows, Y.shape[1])
@@ -512,9 +513,33 @@ def _sweep(sysm, K, R, Aext, m0, d0, Nm0, S0, Nd0, P, out):
         err[1] = max(err[1], float(np.max(np.abs(Dv[K + 1]))))
         Nd1[R, sl] = buf[K]
         d1[R, sl] = Dv[K]
-        # what the predecessors' backward products need: sigma'(u_v) * d_v at the nodes
-        SDv *= Dv[1:K + 1]
+        if v in general:
+            grads = net.node_ops[v].vjp(ctx[v], Dv[1:K + 1].reshape(rows, nv))
+            for p, gp in zip(net.preds[v], grads):
+                if p != net.input:
+                    pushed[p] = gp if p not in pushed else pushed[p] + gp
+        else:
+            # what the predecessors' backward products need: sigma'(u_v) d_v at the nodes
+            SDv *= Dv[1:K + 1]
     return err
+
+
+def _layer_forward(sysm, net, K, R, Bc, rows, v, sl, nv, P, buf, SD):
+    """N_m = sigma(u) of layer node v at the nodes 1..K into ``buf[1:K+1]``, sigma' into SD."""
+    u = P.u(K, Bc, nv)
+    u2 = u.reshape(rows, nv)
+    first = True
+    for p in net.preds[v]:
+        if p == net.input:
+            continue  # its contribution is in beta
+        src = P.m[p][1:K + 1].reshape(rows, P.m[p].shape[2])
+        _apply(net.edge_ops[(p, v)], sysm.weights.get((p, v)), src, u2, first, "forward")
+        first = False
+    if first:
+        u[...] = sysm.beta[R, sl]
+    else:
+        u += sysm.beta[R, sl]
+    _act_into(sysm.acts[v], u, buf[1:K + 1], SD)
 
 
 def integrate_collocation(sysm, stopping, tracker, recorder, *, rtol, atol, settle_tol, t_max,

@@ -43,7 +43,7 @@ _DEFAULT_TOLS = {ETD_METHOD: (3e-2, 1e-15)}
 class ContinuousResult(GradientResult):
     """Outcome of :func:`relax_continuous`.
 
-    Attributes
+    Parameters
     ----------
     grads : Gradients
         Read out of the final state.
@@ -101,25 +101,21 @@ class ContinuousResult(GradientResult):
     md_t: tuple | None = field(default=None, repr=False)
 
     @property
-    def m(self):
-        """Activations: the integrated m (``state="md"``) or (x + z)/2."""
+    def m(self):  # activations: the integrated m (state="md") or (x + z)/2
         return self.md_final[0] if self.md_final is not None else 0.5 * (self.x + self.z)
 
     @property
-    def d(self):
-        """Error signals: the integrated d (``state="md"``) or x - z."""
+    def d(self):  # error signals: the integrated d (state="md") or x - z
         return self.md_final[1] if self.md_final is not None else self.x - self.z
 
     @property
-    def m_t(self):
-        """m along the recorded trajectory (or None)."""
+    def m_t(self):  # m along the recorded trajectory (or None)
         if self.md_t is not None:
             return self.md_t[0]
         return None if self.x_t is None else 0.5 * (self.x_t + self.z_t)
 
     @property
-    def d_t(self):
-        """d along the recorded trajectory (or None)."""
+    def d_t(self):  # d along the recorded trajectory (or None)
         if self.md_t is not None:
             return self.md_t[1]
         return None if self.x_t is None else self.x_t - self.z_t
@@ -230,13 +226,6 @@ def relax_continuous(net, x, y, *, method=ETD_METHOD, state="md", rtol=None, ato
         raise DyadsimError(
             f"unknown ODE method {method!r}; valid methods: {', '.join(ODE_METHODS)}")
     method = _BY_LOWER[method.lower()]
-    fallback = None
-    if method == ETD_METHOD and net.general_nodes:
-        # the collocation solver evaluates layer nodes only; general nodes (max pooling)
-        # take scipy's DOP853 on the same flow (reported in info["solver_fallback"])
-        fallback = (f"ETD does not evaluate general node {net.general_nodes[0]!r}; "
-                    "integrated with DOP853")
-        method = "DOP853"
     dtype = check_dtype(dtype)
     scipy_tols = (1e-10, 1e-13) if np.dtype(dtype) == np.float64 else (1e-5, 1e-8)
     d_rtol, d_atol = _DEFAULT_TOLS.get(method, scipy_tols)
@@ -317,8 +306,6 @@ def relax_continuous(net, x, y, *, method=ETD_METHOD, state="md", rtol=None, ato
             "t_settle": t_settle, "t_final": t_final, "residual": float(out["residual"]),
             "settled": bool(settled), "stalled": bool(out["stalled"]),
             "rtol": rtol, "atol": atol, "tol": tol}
-    if fallback:
-        info["solver_fallback"] = fallback
     return ContinuousResult(grads, X, Z, t_final, t_settle, settle_tol, method, int(nfev),
                             int(njev), int(out["n_steps"]), float(out["residual"]), t_arr,
                             x_t, z_t, info, state, md_final, md_t)
@@ -365,7 +352,9 @@ def jacobian_md(sysm, m, d) -> sp.csr_matrix:
          [W^T diag(s2 * d) W + H_C,   W^T diag(s1) - I     ]]
 
     with ``s1 = sigma'(u)``, ``s2 = sigma''(u)``, ``H_C`` the loss Hessian in the output block.
+    Not available for networks with general nodes (a DyadsimError names one).
     """
+    _no_general_nodes(sysm)
     W = sp.csr_matrix(sysm.net.W, dtype=sysm.dtype)
     n = sysm.n
     I = sp.identity(n, format="csr", dtype=sysm.dtype)
@@ -387,11 +376,21 @@ def jacobian_md(sysm, m, d) -> sp.csr_matrix:
     return sp.block_diag(blocks, format="csr")
 
 
+def _no_general_nodes(sysm):
+    for v in sysm.general:
+        raise DyadsimError(
+            f"the analytic Jacobian of the flow (implicit ODE solvers Radau/BDF/LSODA, "
+            f"jac=True) does not support general node {v!r} ({sysm.net.node_ops[v].kind}): "
+            "use method='ETD' or an explicit solver (e.g. method='DOP853'), or relax")
+
+
 def _integrate_scipy(sysm, method, state, rtol, atol, t_max, jac, stopping, tracker,
                      recorder, bar):
     """One scipy solver, stepped until ``stopping`` says steady state."""
     B, n = sysm.B, sysm.n
     use_jac = (method in _IMPLICIT) if jac == "auto" else bool(jac)
+    if use_jac:
+        _no_general_nodes(sysm)
 
     def split(yv):
         s = yv.reshape(B, 2, n)
