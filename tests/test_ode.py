@@ -357,6 +357,26 @@ def test_cnn_matches_backprop():
     assert worst_tensor_error(dyadsim.relax_continuous(net, x, y).grads, ref) <= 1e-9
 
 
+@pytest.mark.parametrize("state", ["md", "xz"])
+def test_general_nodes_take_the_collocation_too(state):
+    """Max pooling, concatenation, batchnorm and identity edges: the sweep evaluates the
+    general nodes at every collocation point and sends J^T d back through them."""
+    pytest.importorskip("torch")
+    from test_general_nodes import KEYS, _data, _net, _params, _torch_grads
+
+    P = _params(5)
+    X, Y = _data(5, B=3)
+    net = _net(P)
+    ref, _ = _torch_grads(P, X, Y)
+    res = dyadsim.relax_continuous(net, X, Y, state=state)
+    assert res.method == "ETD" and res.info["settled"]
+    for k, key in KEYS.items():
+        err = np.linalg.norm(res.grads[key] - ref[k]) / np.linalg.norm(ref[k])
+        assert err <= 1e-9, (k, err)
+    bp = dyadsim.backprop(net, X, Y)
+    np.testing.assert_allclose(res.loss, bp.loss, rtol=1e-12)
+
+
 def test_batch_chunks_give_the_same_result(monkeypatch):
     c = make_case("dag", "tanh", "mse", seed=7, depth=4, batch=5)
     whole = dyadsim.relax_continuous(c.net, c.x, c.y)
