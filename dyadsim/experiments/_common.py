@@ -92,3 +92,14 @@ def _rel_errors(grads, ref):
         diff = np.linalg.norm(np.asarray(grads[k], dtype=np.float64) - r)
         out.append(diff / nr if nr > 0 else (0.0 if diff == 0 else math.inf))
     return np.array(out)
+
+
+def _digits_case(cfg, seed):
+    """The tanh/xent MLP ``cfg["net"]`` (weights from ``seed``) and the first
+    ``cfg["batch"]`` training digits: the case of the steps and precision experiments."""
+    from ..datasets import digits
+    from ..network import mlp
+
+    net = mlp(cfg["net"], activation="tanh", loss="xent", seed=seed)
+    data = digits(seed=0)
+    return net, data.x_train[:cfg["batch"]], data.y_train[:cfg["batch"]]

@@ -7,11 +7,9 @@ import time
 
 import numpy as np
 
-from ..datasets import digits
 from ..dynamics import System, backprop, relax
 from ..errors import ConvergenceError
-from ..network import mlp
-from ._common import DEPTH9, _figure, _out_dir, _rel_errors, _save_fig, _seed_list, _write_csv, _write_json
+from ._common import DEPTH9, _digits_case, _figure, _out_dir, _rel_errors, _save_fig, _seed_list, _write_csv, _write_json
 
 def _steps_settings(quick):
     if quick:
@@ -76,9 +74,7 @@ def steps(out_dir, quick=False, seeds=None, progress=True):
     out = _out_dir(out_dir)
     cfg = _steps_settings(quick)
     seed = _seed_list(seeds, 1)[0]
-    net = mlp(cfg["net"], activation="tanh", loss="xent", seed=seed)
-    data = digits(seed=0)
-    x, y = data.x_train[:cfg["batch"]], data.y_train[:cfg["batch"]]
+    net, x, y = _digits_case(cfg, seed)
     ref = backprop(net, x, y)
     L = net.depth
     rows, curves = [], {}
